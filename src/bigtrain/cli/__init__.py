@@ -1,0 +1,1 @@
+"""Command line: ``bigtrain train|eval|predict|cv|recipes|optim|data|generate``."""
