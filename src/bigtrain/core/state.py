@@ -55,3 +55,4 @@ class TrainState:
     run_dir: Path | None = None
     last_checkpoint: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # room for callbacks to share values
+    trainer: Any = None  # the Trainer running this state (callbacks call trainer.save(path))

@@ -1,0 +1,163 @@
+"""MetricsLogger: metrics.jsonl (one JSON object per line) and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bigtrain.core.callback import Callback
+from bigtrain.core.state import TrainState
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+    }
+
+
+class MetricsLogger(Callback):
+    """Logs the mean train loss, lr and throughput every ``log_every`` steps, and every evaluation.
+
+    Records: ``{"kind": "train"|"val"|"test"|"grad_norms"|"health", "step", "epoch", "time", ...}``.
+    ``count_tokens`` makes throughput tokens/s (numel of the input) instead of examples/s.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        log_every: int = 10,
+        tensorboard: bool = True,
+        count_tokens: bool = False,
+        flops_per_unit: float | None = None,
+        peak_flops: float | None = None,
+    ) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb_dir = Path(run_dir) / "tensorboard"
+        self.log_every = log_every
+        self.use_tensorboard = tensorboard
+        self.count_tokens = count_tokens
+        self.flops_per_unit = flops_per_unit
+        self.peak_flops = peak_flops
+        self.elapsed_before = 0.0  # seconds trained before a resume
+        self._file = None
+        self._tb = None
+        self._loss_sum = None
+        self._n_losses = 0
+        self._units = 0
+        self._t_last = 0.0
+
+    # -- plumbing
+    def now(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._t0
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(_clean(record)) + "\n")
+        if self._tb is not None:
+            kind, step = record["kind"], record["step"]
+            for k, v in record.items():
+                if k not in ("kind", "step", "epoch", "time") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # resumed: drop records written after the checkpoint
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= state.step
+            ]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        self._file = open(self.path, "a", buffering=1 << 16)
+        if self.use_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.tb_dir), purge_step=state.step or None)
+        self._t0 = time.perf_counter()
+        self._t_last = self._t0
+
+    # -- hooks
+    def on_after_step(self, state: TrainState) -> None:
+        loss = state.loss
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._n_losses += 1
+        x = state.batch[0] if isinstance(state.batch, (tuple, list)) else state.batch
+        self._units += x.numel() if self.count_tokens else x.shape[0]
+        if state.step % self.log_every == 0:
+            self.flush_train(state)
+
+    def flush_train(self, state: TrainState) -> None:
+        if not self._n_losses:
+            return
+        now = time.perf_counter()
+        rate = self._units / max(now - self._t_last, 1e-9)
+        record = {
+            "kind": "train",
+            "step": state.step,
+            "epoch": state.epoch,
+            "time": round(self.now(), 4),
+            "loss": float(self._loss_sum) / self._n_losses,
+            "lr": state.lr or state.optimizer.param_groups[0]["lr"],
+            ("tokens_per_s" if self.count_tokens else "examples_per_s"): round(rate, 2),
+        }
+        if self.flops_per_unit and self.peak_flops:
+            record["mfu"] = round(rate * self.flops_per_unit / self.peak_flops, 4)
+        if state.grad_norm is not None:
+            record["grad_norm"] = float(state.grad_norm)
+        for k, v in (state.output.extras if state.output else {}).items():
+            record[k] = float(v)
+        state.extra["throughput"] = rate
+        state.extra["train_loss"] = record["loss"]
+        self.write(record)
+        self._loss_sum, self._n_losses, self._units, self._t_last = None, 0, 0, now
+
+    def on_after_backward(self, state: TrainState) -> None:
+        norms = state.extra.pop("grad_norms", None)
+        if norms is not None:
+            self.write(
+                {"kind": "grad_norms", "step": state.step, "epoch": state.epoch,
+                 "time": round(self.now(), 4), "norms": norms}
+            )
+        for message in state.extra.pop("health_messages", []):
+            self.write({"kind": "health", "step": state.step, "epoch": state.epoch,
+                        "time": round(self.now(), 4), "message": message})
+
+    def on_eval_end(self, state: TrainState) -> None:
+        self.log_metrics(state, state.metrics)
+
+    def log_metrics(self, state: TrainState, metrics: dict[str, Any]) -> None:
+        """Write one record per split prefix found in ``metrics`` ("val/loss" -> kind "val")."""
+        by_split: dict[str, dict[str, Any]] = {}
+        for key, value in metrics.items():
+            split, _, name = key.partition("/")
+            if isinstance(value, (int, float)):
+                by_split.setdefault(split, {})[name] = value
+        for split, values in by_split.items():
+            self.write({"kind": split, "step": state.step, "epoch": state.epoch,
+                        "time": round(self.now(), 4), **values})
+        self._file.flush()
+
+    def on_fit_end(self, state: TrainState) -> None:
+        self.flush_train(state)
+        state.extra["wall_time_s"] = self.now()
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.now() if self._file is not None else self.elapsed_before}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.elapsed_before = float(state.get("elapsed", 0.0))

@@ -1,0 +1,88 @@
+"""The recipe schema. Each component's own Config lives beside the component; this file only
+assembles them. Unknown keys are errors (extra="forbid"), values are validated once, here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bigtrain.data.config import DataConfig
+from bigtrain.optim.config import (
+    BatchSizeScheduleConfig,
+    OptimConfig,
+    RegularizationConfig,
+    ScheduleConfig,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Strict):
+    """What is learned. ``auto`` picks classification/binary/regression from the data."""
+
+    name: Literal["auto", "classification", "binary", "regression", "language_model"] = "auto"
+    loss: Literal["auto", "cross_entropy", "bce", "mse", "mae", "huber"] = "auto"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    metrics: list[str] | None = None  # None: the task's defaults
+
+
+class HealthConfig(_Strict):
+    """Training health checks: non-finite loss stops the run; gradient norms are inspected."""
+
+    check_every: int = Field(50, ge=0)  # per-layer gradient norms every N steps (0: never)
+    vanishing_below: float = 1e-7
+    exploding_above: float = 1e3
+
+
+class TrainerConfig(_Strict):
+    max_epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_grad_value: float | None = Field(None, gt=0)
+    eval_every: int | None = Field(None, ge=1)  # steps; None = every epoch
+    log_every: int = Field(10, ge=1)
+    monitor: str | None = None  # e.g. "val/accuracy"; None = the task's default
+    monitor_mode: Literal["min", "max"] | None = None
+    early_stopping_patience: int | None = Field(None, ge=1)  # in evaluations
+    checkpoint_every: int | None = Field(None, ge=1)  # steps; None = after each evaluation
+    keep_checkpoints: int = Field(2, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+    tensorboard: bool = True
+    health: HealthConfig = HealthConfig()
+
+    @model_validator(mode="after")
+    def _needs_a_length(self) -> TrainerConfig:
+        if self.max_epochs is None and self.max_steps is None:
+            raise ValueError("set trainer.max_epochs or trainer.max_steps")
+        return self
+
+
+class RunConfig(_Strict):
+    """A whole recipe, resolved: what `bigtrain train` runs and writes to config.yaml."""
+
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    model: dict[str, Any]  # {"name": <registered model>, ...its Config fields}; checked by build
+    task: TaskConfig = TaskConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    batch_size_schedule: BatchSizeScheduleConfig | None = None
+    regularization: RegularizationConfig = RegularizationConfig()
+    trainer: TrainerConfig
+
+    @field_validator("model")
+    @classmethod
+    def _model_has_name(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "name" not in v:
+            raise ValueError("model.name is required (e.g. mlp, cnn, linear, gpt)")
+        return v

@@ -1,0 +1,15 @@
+"""Tasks: what a batch means (classification, regression, language modelling)."""
+
+from bigtrain._registry import Registry
+from bigtrain.tasks.supervised import (
+    BinaryClassificationTask,
+    ClassificationTask,
+    RegressionTask,
+)
+
+TASKS: Registry = Registry("task")
+TASKS.add("classification", ClassificationTask)
+TASKS.add("binary", BinaryClassificationTask)
+TASKS.add("regression", RegressionTask)
+
+__all__ = ["TASKS", "BinaryClassificationTask", "ClassificationTask", "RegressionTask"]
