@@ -132,7 +132,15 @@ def _assemble(
         task = PenalizedTask(task, params, cfg.regularization.l1, cfg.regularization.l2)
     optimizer = build_optimizer(model, cfg.optim)
     total = total_steps(cfg, max(1, len(loader)))
-    schedule = build_schedule(cfg.schedule, cfg.optim.lr, total)
+    sched_cfg = cfg.schedule
+    if sched_cfg.warmup_steps and sched_cfg.warmup_steps >= total:
+        # a run shortened by an override (trainer.max_steps=40) keeps working: warm up for half
+        _stderr_printer(quiet)(
+            f"warning: schedule.warmup_steps {sched_cfg.warmup_steps} >= {total} total steps; "
+            f"warming up for {total // 2} steps instead"
+        )
+        sched_cfg = sched_cfg.model_copy(update={"warmup_steps": total // 2})
+    schedule = build_schedule(sched_cfg, cfg.optim.lr, total)
     batch_sched = (
         build_batch_size_schedule(cfg.batch_size_schedule) if cfg.batch_size_schedule else None
     )

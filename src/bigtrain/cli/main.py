@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     from bigtrain.errors import BigtrainError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may come after options: collect them wherever they are
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
