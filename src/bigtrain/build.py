@@ -122,6 +122,7 @@ def _assemble(
     data: Any,
     quiet: bool = False,
     logger_kwargs: dict[str, Any] | None = None,
+    first_callbacks: list[Any] | None = None,
 ) -> Components:
     """Optimizer, schedules, callbacks and the Trainer: shared by every kind of run."""
     tr = cfg.trainer
@@ -146,7 +147,8 @@ def _assemble(
     )
     monitor = tr.monitor or (f"val/{task.monitor}" if val_batches is not None else "val/loss")
     mode = tr.monitor_mode or (task.monitor_mode if monitor == f"val/{task.monitor}" else "min")
-    callbacks: dict[str, Any] = {
+    callbacks: dict[str, Any] = {f"extra{i}": cb for i, cb in enumerate(first_callbacks or [])}
+    callbacks |= {
         "health": HealthCheck(tr.health.check_every, tr.health.vanishing_below,
                               tr.health.exploding_above, report=_stderr_printer(quiet)),
     }
@@ -195,12 +197,13 @@ def _stderr_printer(quiet: bool):
 def build(cfg: RunConfig, run_dir: Path | None = None, fold: tuple[int, int] | None = None,
           quiet: bool = False) -> Components:
     """Build every component a recipe describes (dispatching on the kind of data/task)."""
-    if cfg.task.name == "language_model" or cfg.data.name in TEXT_DATA:
+    from bigtrain.data.text_config import TEXT_DATA_NAMES
+
+    if cfg.data.name in TEXT_DATA_NAMES:
+        if fold is not None:
+            raise ConfigError("cross-validation applies to tabular and image data, not text")
         from bigtrain.lm import build_language_model
 
         return build_language_model(cfg, run_dir, quiet=quiet)
     return build_supervised(cfg, run_dir, fold=fold, quiet=quiet)
-
-
-TEXT_DATA: set[str] = set()  # names of text data sets (filled when the text pipeline is wired)
 

@@ -122,9 +122,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> list[str]:
     """The valid keys of the schema section at ``loc`` (for "did you mean")."""
-    model: type[BaseModel] | None = RunConfig
+    model: type[BaseModel] | None = root
     for part in loc:
         if model is None or part not in model.model_fields:
             return []
@@ -134,13 +134,18 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-def format_validation_error(err: ValidationError, source: str) -> ConfigError:
+def format_validation_error(
+    err: ValidationError,
+    source: str,
+    root: type[BaseModel] = RunConfig,
+    prefix: tuple[str, ...] = (),
+) -> ConfigError:
     """Turn pydantic's multi-line report into one line about the first problem."""
     first = err.errors()[0]
-    loc = tuple(p for p in first["loc"] if not isinstance(p, int) or True)
-    dotted = ".".join(str(p) for p in loc)
+    loc = tuple(first["loc"])
+    dotted = ".".join(str(p) for p in (*prefix, *loc))
     if first["type"] == "extra_forbidden":
-        hint = did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))
+        hint = did_you_mean(str(loc[-1]), _fields_at(loc[:-1], root))
         msg = f"unknown key '{dotted}'{hint}"
     elif first["type"] == "missing":
         msg = f"missing required key '{dotted}'"
@@ -151,7 +156,7 @@ def format_validation_error(err: ValidationError, source: str) -> ConfigError:
         msg = f"{dotted}: {text} (got {shown})" if dotted else text
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return ConfigError(f"{source}: {msg}{suffix}")
+    return ConfigError(f"{source}: {msg}{suffix}" if source else f"{msg}{suffix}")
 
 
 def validate(data: dict[str, Any], source: str = "recipe") -> RunConfig:

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bigtrain.data.config import DataConfig
+from bigtrain.data.text_config import TEXT_DATA_NAMES, TextDataConfig
 from bigtrain.optim.config import (
     BatchSizeScheduleConfig,
     OptimConfig,
@@ -71,7 +79,7 @@ class RunConfig(_Strict):
     name: str = "run"
     description: str = ""
     seed: int = 0
-    data: DataConfig
+    data: DataConfig | TextDataConfig
     model: dict[str, Any]  # {"name": <registered model>, ...its Config fields}; checked by build
     task: TaskConfig = TaskConfig()
     optim: OptimConfig = OptimConfig()
@@ -79,6 +87,21 @@ class RunConfig(_Strict):
     batch_size_schedule: BatchSizeScheduleConfig | None = None
     regularization: RegularizationConfig = RegularizationConfig()
     trainer: TrainerConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pick_data_schema(cls, values: Any) -> Any:
+        # choose the data schema by name so errors talk about the right keys
+        if isinstance(values, dict) and isinstance(values.get("data"), dict):
+            data = values["data"]
+            schema = TextDataConfig if data.get("name") in TEXT_DATA_NAMES else DataConfig
+            try:
+                values = {**values, "data": schema.model_validate(data)}
+            except ValidationError as e:
+                from bigtrain.config.loader import format_validation_error
+
+                raise format_validation_error(e, "", root=schema, prefix=("data",)) from None
+        return values
 
     @field_validator("model")
     @classmethod

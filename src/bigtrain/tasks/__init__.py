@@ -1,6 +1,7 @@
 """Tasks: what a batch means (classification, regression, language modelling)."""
 
 from bigtrain._registry import Registry
+from bigtrain.tasks.language_model import LanguageModelTask
 from bigtrain.tasks.supervised import (
     BinaryClassificationTask,
     ClassificationTask,
@@ -11,5 +12,6 @@ TASKS: Registry = Registry("task")
 TASKS.add("classification", ClassificationTask)
 TASKS.add("binary", BinaryClassificationTask)
 TASKS.add("regression", RegressionTask)
+TASKS.add("language_model", LanguageModelTask)
 
-__all__ = ["TASKS", "BinaryClassificationTask", "ClassificationTask", "RegressionTask"]
+__all__ = ["TASKS", "LanguageModelTask", "BinaryClassificationTask", "ClassificationTask", "RegressionTask"]

@@ -1,0 +1,52 @@
+"""TextDataConfig: the ``data:`` section of language-model and text-classification recipes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: data names handled by the text pipeline (everything else is tabular/image data)
+TEXT_DATA_NAMES = ("shakespeare", "text", "prepared", "shakespeare_genre")
+
+
+class TextDataConfig(BaseModel):
+    """Text data.
+
+    Attributes:
+        name: ``shakespeare`` (the embedded corpus), ``text`` (UTF-8 file, folder or glob at
+            ``path``), ``prepared`` (a folder written by ``bigtrain data prepare``), or
+            ``shakespeare_genre`` (classify which genre a passage comes from).
+        tokenizer / vocab_size: ``char``, or ``bpe`` trained locally with ``vocab_size`` tokens.
+        val_fraction: share of the tokens held out for validation.
+        batch_size: sequences per training batch (the context length is the model's block_size).
+        eval_batches / eval_batch_size: fixed batches used for every train/val loss estimate.
+        max_chars: use only the first ``max_chars`` characters of the text (tiny CI runs).
+        cache_dir: where prepared token files are cached (default ~/.cache/bigtrain/text).
+        lines_per_passage / max_per_class: passages of the genre classification task.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["shakespeare", "text", "prepared", "shakespeare_genre"]
+    path: str | None = None
+    tokenizer: Literal["char", "bpe"] = "char"
+    vocab_size: int | None = Field(None, ge=2)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    batch_size: int = Field(12, ge=1)
+    eval_batches: int = Field(20, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    max_chars: int | None = Field(None, ge=100)
+    cache_dir: str | None = None
+    lines_per_passage: int = Field(4, ge=1)
+    max_per_class: int | None = Field(None, ge=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> TextDataConfig:
+        if self.name in ("text", "prepared") and not self.path:
+            raise ValueError(f"data.name '{self.name}' needs data.path")
+        if self.name in ("shakespeare", "shakespeare_genre") and self.path:
+            raise ValueError(f"data.path does not apply to the embedded corpus '{self.name}'")
+        if self.tokenizer == "bpe" and self.vocab_size is None and self.name != "prepared":
+            raise ValueError("data.tokenizer 'bpe' needs data.vocab_size (e.g. 2048)")
+        return self

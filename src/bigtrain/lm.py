@@ -1,0 +1,158 @@
+"""Builders for text: GPT/RNN language models on token files, and text classification.
+
+Kept apart from build.py's tabular path; both end in build._assemble (same loop, callbacks and
+run folder)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigtrain.build import Components, _assemble, seed_everything
+from bigtrain.config.schema import RunConfig
+from bigtrain.core.callback import Callback
+from bigtrain.core.state import TrainState
+from bigtrain.errors import ConfigError
+from bigtrain.models import MODELS, build_model, validate_model_config
+from bigtrain.tasks import ClassificationTask, LanguageModelTask
+
+LANGUAGE_MODELS = ("gpt", "rnn_lm")
+
+
+class TrainLossEstimate(Callback):
+    """At each evaluation, also measure the loss on fixed *train* batches (nanoGPT's estimate)."""
+
+    def __init__(self, batches: list[Any]) -> None:
+        self.batches = batches
+
+    def on_eval_end(self, state: TrainState) -> None:
+        metrics = state.trainer.evaluate(self.batches, split="train")
+        state.metrics.update(metrics)
+        if state.history:
+            state.history[-1].update(metrics)
+
+
+def prepared_folder(cfg: RunConfig, quiet: bool) -> Path:
+    """The prepared token folder of a recipe's text data (prepared once, cached by content)."""
+    from bigtrain.data.corpus import DEFAULT_CORPUS, load_sources
+    from bigtrain.data.text import prepare_cached
+
+    d = cfg.data
+    if d.name == "prepared":
+        return Path(d.path)
+    spec = DEFAULT_CORPUS if d.name == "shakespeare" else d.path
+    sources = load_sources(spec)
+    if d.max_chars is not None:
+        kept, left = [], d.max_chars
+        for name, text in sources:
+            if left <= 0:
+                break
+            kept.append((name, text[:left]))
+            left -= len(text)
+        sources = kept
+    return prepare_cached(sources, d.tokenizer, d.vocab_size, d.cache_dir,
+                          val_fraction=d.val_fraction, progress=not quiet)
+
+
+def model_block_size(cfg: RunConfig) -> int:
+    params = {k: v for k, v in cfg.model.items() if k != "name"}
+    model_cfg = validate_model_config(cfg.model["name"], params)
+    block = getattr(model_cfg, "block_size", None)
+    if not block:
+        raise ConfigError(f"model '{cfg.model['name']}' has no block_size (context length)")
+    return int(block)
+
+
+def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = False) -> Components:
+    """Token files -> random-window sampler -> GPT/RNN LM -> Trainer with MFU logging."""
+    from bigtrain.data.text import load_tokenizer
+    from bigtrain.data.tokens import PreparedText, TokenWindowSampler, fixed_eval_batches
+
+    if cfg.data.name == "shakespeare_genre":
+        return build_text_classifier(cfg, run_dir, quiet)
+    name = cfg.model["name"]
+    if name not in LANGUAGE_MODELS:
+        raise ConfigError(f"model '{name}' is not a language model; use one of {LANGUAGE_MODELS}")
+    seed_everything(cfg.seed)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    prepared = PreparedText.load(prepared_folder(cfg, quiet))
+    block = model_block_size(cfg)
+    params = {k: v for k, v in cfg.model.items() if k != "name"}
+    model = build_model(name, params, (block,), prepared.vocab_size)
+    d = cfg.data
+    sampler = TokenWindowSampler(prepared.train_path, prepared.dtype, block, d.batch_size,
+                                 seed=cfg.seed)
+    eval_bs = d.eval_batch_size or d.batch_size
+    val = fixed_eval_batches(prepared.val_path, prepared.dtype, block, eval_bs, d.eval_batches,
+                             seed=cfg.seed + 1)
+    train_eval = fixed_eval_batches(prepared.train_path, prepared.dtype, block, eval_bs,
+                                    d.eval_batches, seed=cfg.seed + 2)
+    task = LanguageModelTask()
+    logger_kwargs: dict[str, Any] = {"count_tokens": True}
+    flops = getattr(model, "flops_per_token", None)
+    if run_dir is not None and flops is not None:
+        from bigtrain.plan import measured_peak_flops
+
+        dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
+        device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+        logger_kwargs.update(flops_per_unit=flops(), peak_flops=measured_peak_flops(dtype, device))
+    built = _assemble(cfg, model, task, sampler, val, run_dir, prepared, quiet=quiet,
+                      logger_kwargs=logger_kwargs, first_callbacks=[TrainLossEstimate(train_eval)])
+    built.trainer.state.extra["counts_tokens"] = True
+    built.extras.update(tokenizer=load_tokenizer(prepared.tokenizer_path), prepared=prepared)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.json")
+    return built
+
+
+def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = False) -> Components:
+    """Shakespeare genre passages -> char tokens (pad = an extra id) -> encoder classifier."""
+    from bigtrain.build import eval_batches
+    from bigtrain.data import InMemoryLoader
+    from bigtrain.data.tables import DataBundle, Split
+    from bigtrain.data.text import CharTokenizer
+    from bigtrain.data.text_classification import encode_for_classification, genre_passages
+
+    seed_everything(cfg.seed)
+    d = cfg.data
+    block = model_block_size(cfg)
+    kw = dict(lines_per_passage=d.lines_per_passage, seed=cfg.seed, max_per_class=d.max_per_class)
+    train_texts, train_y, classes = genre_passages(split="train", **kw)
+    test_texts, test_y, _ = genre_passages(split="test", **kw)
+    tokenizer = CharTokenizer.train(train_texts)
+    pad = tokenizer.vocab_size  # an id no character uses
+    known = set(tokenizer.to_dict().get("chars", ""))
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        cleaned = ["".join(c for c in t if c in known) for t in texts]  # unseen chars dropped
+        return encode_for_classification(cleaned, tokenizer, block, pad_id=pad)
+
+    x, y = encode(train_texts), torch.tensor(train_y)
+    n_val = max(1, int(len(x) * d.val_fraction))
+    g = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(len(x), generator=g)
+    tr, va = perm[n_val:], perm[:n_val]
+    data = DataBundle(
+        train=Split(x[tr], y[tr]), val=Split(x[va], y[va]),
+        test=Split(encode(test_texts), torch.tensor(test_y)),
+        kind="classification", num_classes=len(classes), input_shape=(block,),
+        class_names=classes,
+    )
+    params = {k: v for k, v in cfg.model.items() if k != "name"}
+    if "vocab_size" not in MODELS.get(cfg.model["name"]).Config.__dataclass_fields__:
+        raise ConfigError(f"model '{cfg.model['name']}' cannot read tokens (use encoder or rnn_classifier)")
+    params.update(vocab_size=pad + 1, pad_id=pad) if cfg.model["name"] == "encoder" else \
+        params.update(vocab_size=pad + 1)
+    model = build_model(cfg.model["name"], params, (block,), len(classes))
+    task = ClassificationTask(len(classes), cfg.task.label_smoothing, cfg.task.metrics)
+    loader = InMemoryLoader(data.train.x, data.train.y, d.batch_size, shuffle=True, seed=cfg.seed)
+    built = _assemble(cfg, model, task, loader, eval_batches(data.val.x, data.val.y, 256),
+                      run_dir, data, quiet=quiet)
+    built.extras["test_batches"] = eval_batches(data.test.x, data.test.y, 256)
+    built.extras["tokenizer"] = tokenizer
+    return built
