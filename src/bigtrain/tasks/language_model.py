@@ -28,6 +28,11 @@ class LanguageModelTask(Task):
         aux = getattr(model, "last_aux_loss", None)
         if isinstance(aux, torch.Tensor):
             out.extras["aux_loss"] = aux.detach()
+            counts = getattr(model, "last_expert_counts", None)
+            if isinstance(counts, torch.Tensor) and counts.numel():
+                share = counts.float() / counts.sum().clamp(min=1)  # expert utilisation
+                for i, v in enumerate(share):
+                    out.extras[f"expert{i}_share"] = v
         return out
 
     def derived_metrics(self, loss: float) -> dict[str, float]:

@@ -1,0 +1,428 @@
+"""GPT: a nanoGPT-style pre-LayerNorm decoder-only transformer.
+
+Options: learned or rotary positions, weight tying, cross-layer block sharing, mixture-of-experts
+MLPs, activation checkpointing and a preallocated KV cache for O(T) generation per new token.
+Module and parameter names follow nanoGPT's model.py (``transformer.h.0.attn.c_attn.weight``).
+
+Builder mapping: ``GPT.from_config(cfg, input_shape=(block_size,), num_outputs=vocab_size)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bigtrain.models.moe import MoEConfig, MoEMLP
+
+__all__ = ["GPT", "GPTConfig", "KVCache", "MoEConfig"]
+
+
+@dataclass
+class GPTConfig:
+    """GPT hyperparameters.
+
+    Attributes:
+        n_layer, n_head, n_embd: depth, attention heads, width.
+        block_size: longest context; ``from_config`` takes it from ``input_shape[0]``.
+        vocab_size: filled from ``num_outputs`` by ``from_config``; a larger value set here is
+            kept (nanoGPT pads 50257 to 50304 for speed).
+        dropout: embedding, attention and residual dropout.
+        bias: biases in Linear and LayerNorm layers.
+        position: "learned" (absolute embeddings) or "rotary" (RoPE on q and k).
+        tie_weights: share the token embedding with the output head.
+        mlp_ratio: MLP hidden size = mlp_ratio * n_embd.
+        n_unique_blocks: None = every layer has its own block. Otherwise the n_layer layers share
+            n_unique_blocks blocks in contiguous groups: layer i uses block
+            ``i * n_unique_blocks // n_layer`` (4 layers, 2 blocks -> 0, 0, 1, 1).
+        moe: mixture-of-experts settings, a MoEConfig or a mapping of its keys
+            (``n_experts = 0`` means dense); always a MoEConfig after construction.
+        activation_checkpointing: recompute each block in backward (training only).
+        rope_base: RoPE frequency base.
+    """
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    vocab_size: int | None = None
+    dropout: float = 0.0
+    bias: bool = False
+    position: str = "learned"
+    tie_weights: bool = True
+    mlp_ratio: float = 4
+    n_unique_blocks: int | None = None
+    # a mapping is accepted (and converted in __post_init__) so that recipe errors inside it
+    # surface as "moe.<key>: ..." rather than one opaque validation error for the whole block
+    moe: MoEConfig | dict[str, Any] = field(default_factory=MoEConfig)
+    activation_checkpointing: bool = False
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.moe, dict):
+            self.moe = MoEConfig.from_dict(self.moe)
+        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd: {self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.position not in ("learned", "rotary"):
+            raise ValueError(f"position: must be 'learned' or 'rotary', got '{self.position}'")
+        if self.position == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(
+                f"position: rotary needs an even head size n_embd/n_head, got "
+                f"{self.n_embd // self.n_head}"
+            )
+        if self.n_unique_blocks is not None and not 1 <= self.n_unique_blocks <= self.n_layer:
+            raise ValueError(
+                f"n_unique_blocks: must be between 1 and n_layer={self.n_layer} (or null for no "
+                f"sharing), got {self.n_unique_blocks}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+        n_blocks = self.n_unique_blocks or self.n_layer
+        if self.moe.n_experts and self.moe.every_n_layers > n_blocks:
+            raise ValueError(
+                f"moe.every_n_layers: {self.moe.every_n_layers} exceeds the {n_blocks} blocks, "
+                "so no layer would be an MoE layer"
+            )
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values of every layer, each (n_layer, B, n_head, max_len, head_dim).
+
+    ``pos`` is the number of positions already cached; ``GPT.forward`` advances it. Set it back
+    (or call ``reset``) to reuse the buffers for a new prompt.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: int = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (..., T, hd) by RoPE angles (T, hd/2); dims i and i + hd/2 form a pair (NeoX)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused qkv projection and SDPA."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor | None = None,
+        sin: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv is None:
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            end = start + T
+            kv[0][:, :, start:end] = k
+            kv[1][:, :, start:end] = v
+            k, v = kv[0][:, :, :end], kv[1][:, :, :end]  # (B, nh, end, hd) cached prefix
+            if start == 0:  # prefill: plain causal attention
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif T == 1:  # decode: the new token sees every cached position
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:  # a chunk after a prefix: query i sees keys up to start + i
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Linear -> GELU -> Linear -> dropout."""
+
+    def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0, bias: bool = False) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm block; ``forward`` returns (x, MoE aux loss or None)."""
+
+    def __init__(self, cfg: GPTConfig, moe: bool = False) -> None:
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.n_embd)
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.is_moe = moe
+        if moe:
+            m = cfg.moe
+            self.mlp = MoEMLP(
+                cfg.n_embd,
+                m.n_experts,
+                m.top_k,
+                m.capacity_factor,
+                hidden,
+                cfg.dropout,
+                bias=cfg.bias,
+                eval_capacity_factor=m.eval_capacity_factor,
+            )
+        else:
+            self.mlp = MLP(cfg.n_embd, hidden, cfg.dropout, cfg.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor | None = None,
+        sin: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = x + self.attn(self.ln_1(x), cos, sin, kv, start)
+        if self.is_moe:
+            y, aux = self.mlp(self.ln_2(x))
+            return x + y, aux
+        return x + self.mlp(self.ln_2(x)), None
+
+
+class GPT(nn.Module):
+    """Decoder-only language model; ``forward(idx, targets=None, kv_cache=None)``.
+
+    After a forward with MoE layers, ``last_aux_loss`` holds the load-balancing loss averaged
+    over MoE layers (unscaled) and ``last_expert_counts`` the routing assignments per expert
+    summed over MoE layers; both are detached, for logging.
+    """
+
+    Config = GPTConfig
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None or config.vocab_size < 1:
+            raise ValueError(
+                "vocab_size: not set; build with GPT.from_config(cfg, (block_size,), vocab_size)"
+            )
+        self.config = cfg = config
+        n_blocks = cfg.n_unique_blocks or cfg.n_layer
+        every = cfg.moe.every_n_layers
+        modules: dict[str, nn.Module] = {"wte": nn.Embedding(cfg.vocab_size, cfg.n_embd)}
+        if cfg.position == "learned":
+            modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        modules["drop"] = nn.Dropout(cfg.dropout)
+        modules["h"] = nn.ModuleList(
+            Block(cfg, moe=cfg.moe.n_experts > 0 and (j + 1) % every == 0) for j in range(n_blocks)
+        )
+        modules["ln_f"] = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.transformer = nn.ModuleDict(modules)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        # layer -> block index when blocks are shared (contiguous groups); None = identity
+        self._layer_map = (
+            None
+            if n_blocks == cfg.n_layer
+            else tuple(i * n_blocks // cfg.n_layer for i in range(cfg.n_layer))
+        )
+        if cfg.position == "rotary":  # filled by reset_parameters; rebuilt, never saved
+            self.register_buffer("rope_cos", None, persistent=False)
+            self.register_buffer("rope_sin", None, persistent=False)
+        self.last_aux_loss: torch.Tensor | None = None
+        self.last_expert_counts: torch.Tensor | None = None
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(
+        cls, cfg: GPTConfig | dict[str, Any] | None, input_shape: tuple[int, ...], num_outputs: int
+    ) -> GPT:
+        """Build from a config: ``input_shape = (block_size,)``, ``num_outputs`` = vocab size."""
+        cfg = GPTConfig(**cfg) if isinstance(cfg, dict) else (cfg or GPTConfig())
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"needs token sequences, input_shape=(block_size,), got {tuple(input_shape)}"
+            )
+        vocab = num_outputs if cfg.vocab_size is None else cfg.vocab_size
+        if vocab < num_outputs:
+            raise ValueError(
+                f"vocab_size: {vocab} is smaller than the data's vocabulary of {num_outputs}"
+            )
+        return cls(replace(cfg, block_size=int(input_shape[0]), vocab_size=vocab))
+
+    def _rope_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        hd = self.config.n_embd // self.config.n_head
+        inv_freq = 1.0 / self.config.rope_base ** (
+            torch.arange(0, hd, 2, device=device).float() / hd
+        )
+        pos = torch.arange(self.config.block_size, device=device).float()
+        angles = torch.outer(pos, inv_freq)  # (T, hd/2)
+        return angles.cos(), angles.sin()
+
+    def reset_parameters(self) -> None:
+        """nanoGPT init: N(0, 0.02), zero biases, residual projections N(0, 0.02/sqrt(2*n_layer))."""
+        self.apply(self._init_weights)
+        proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name.endswith("mlp.w_proj"):
+                nn.init.normal_(p, 0.0, proj_std)
+        if self.config.position == "rotary":  # also restores the tables after to_empty()
+            self.rope_cos, self.rope_sin = self._rope_tables(self.lm_head.weight.device)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+        elif isinstance(module, MoEMLP):
+            module.reset_parameters(0.02)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The block applied at each of the n_layer layers (shared blocks repeat)."""
+        h = self.transformer.h
+        return list(h) if self._layer_map is None else [h[j] for j in self._layer_map]
+
+    def make_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """Empty KV cache for ``batch_size`` sequences of up to ``max_len`` (<= block_size)."""
+        cfg = self.config
+        max_len = cfg.block_size if max_len is None else max_len
+        if not 1 <= max_len <= cfg.block_size:
+            raise ValueError(
+                f"KV cache max_len={max_len} must be in [1, block_size={cfg.block_size}]"
+            )
+        w = self.lm_head.weight
+        shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        # every position is written before it is read, so empty buffers are enough
+        return KVCache(w.new_empty(shape), w.new_empty(shape))
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) for every position and the mean token loss when targets given.
+
+        Loss is cross-entropy over all tokens (targets == -1 ignored) plus
+        ``moe.aux_loss_coef * last_aux_loss`` when the model has MoE layers. With ``kv_cache``,
+        ``idx`` continues the cached sequence at position ``kv_cache.pos`` (inference only).
+        """
+        cfg = self.config
+        B, T = idx.shape
+        start = 0 if kv_cache is None else kv_cache.pos
+        if start + T > cfg.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the model's block_size="
+                f"{cfg.block_size}; crop the context or build the model with a larger block_size"
+            )
+        if kv_cache is not None and (start + T > kv_cache.max_len or B != kv_cache.k.shape[1]):
+            raise ValueError(
+                f"KV cache holds {kv_cache.k.shape[1]} sequences of {kv_cache.max_len} positions; "
+                f"cannot add {T} tokens at position {start} for a batch of {B}"
+            )
+        t = self.transformer
+        x = t.wte(idx)  # (B, T, C)
+        cos = sin = None
+        if cfg.position == "learned":
+            x = x + t.wpe.weight[start : start + T]  # (T, C) broadcast over the batch
+        else:
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        x = t.drop(x)
+        ckpt = cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
+        blocks = t.h if self._layer_map is None else [t.h[j] for j in self._layer_map]
+        aux_sum = counts = None
+        n_moe = 0
+        for i, block in enumerate(blocks):
+            if kv_cache is not None:
+                x, aux = block(x, cos, sin, (kv_cache.k[i], kv_cache.v[i]), start)
+            elif ckpt:
+                x, aux = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x, aux = block(x, cos, sin)
+            if aux is not None:
+                c = block.mlp.last_expert_counts
+                aux_sum, counts = (aux, c) if aux_sum is None else (aux_sum + aux, counts + c)
+                n_moe += 1
+        if kv_cache is not None:
+            kv_cache.pos = start + T
+        logits = self.lm_head(t.ln_f(x))  # (B, T, vocab)
+        if aux_sum is not None:  # detached copies for logging; the loss uses the live tensor
+            aux_sum = aux_sum / n_moe
+            self.last_aux_loss, self.last_expert_counts = aux_sum.detach(), counts
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+        )
+        if aux_sum is not None:
+            loss = loss + cfg.moe.aux_loss_coef * aux_sum
+        return logits, loss
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Exact parameter count; shared and tied tensors are counted once.
+
+        ``exclude_embeddings`` drops the lookup tables that do no matmul work: the position
+        table and, when not tied, the token table (a tied token table is counted as the head,
+        like nanoGPT's ``get_num_params``).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            t = self.transformer
+            if "wpe" in t:
+                n -= t.wpe.weight.numel()
+            if self.lm_head.weight is not t.wte.weight:
+                n -= t.wte.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: ``6 * N + 12 * n_layer * n_embd * block_size``.
+
+        The PaLM appendix B / nanoGPT ``estimate_mfu`` estimate (forward + backward, attention
+        at full context). N counts the parameters a token passes through: equal to
+        ``num_parameters(exclude_embeddings=True)`` for a dense model without sharing; a shared
+        block counts once per layer using it and an MoE layer counts top_k of its experts.
+        """
+        cfg = self.config
+        per_block = []
+        for block in self.transformer.h:
+            n = sum(p.numel() for p in block.parameters())
+            if block.is_moe:
+                experts = block.mlp.expert_parameters()
+                n += experts * cfg.moe.top_k // cfg.moe.n_experts - experts
+            per_block.append(n)
+        layer_map = self._layer_map or range(cfg.n_layer)
+        n_active = sum(per_block[j] for j in layer_map)
+        n_active += self.lm_head.weight.numel()
+        n_active += sum(p.numel() for p in self.transformer.ln_f.parameters())
+        return 6 * n_active + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
