@@ -161,7 +161,7 @@ def _assemble(
         callbacks["early_stopping"] = EarlyStopping(monitor, mode, tr.early_stopping_patience)
     if run_dir is not None:
         callbacks["checkpointer"] = Checkpointer(run_dir, monitor, mode, tr.checkpoint_every,
-                                                 tr.keep_checkpoints)
+                                                 tr.keep_checkpoints, tr.checkpoint_interval_s)
     if tr.compile:
         model = torch.compile(model)
     trainer = Trainer(

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from bigtrain.build import Components, build
-from bigtrain.callbacks.checkpointing import read_pointer
+from bigtrain.callbacks.checkpointing import best_weights, read_pointer
 from bigtrain.config import RunConfig, dump_config, load_recipe
 from bigtrain.core.checkpoint import load_weights
 from bigtrain.errors import BigtrainError, CheckpointError
@@ -121,8 +121,7 @@ class Run:
         return self.write_summary(status, test)
 
     def best_checkpoint(self) -> Path | None:
-        ckpt = self.run_dir / "checkpoints"
-        return read_pointer(ckpt / "best") or read_pointer(ckpt / "latest")
+        return best_weights(self.run_dir)
 
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the test split (val if there is no test split)."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import _remove_duplicate_names, save_file
 
 from bigtrain.core.callback import Callback
 from bigtrain.core.state import TrainState
@@ -25,6 +30,14 @@ def write_pointer(path: Path, target: str) -> None:
     os.replace(tmp, path)
 
 
+def best_weights(run_dir: str | Path, which: str = "best") -> Path | None:
+    """The checkpoint folder holding a run's ``best`` (falling back to ``latest``) weights."""
+    ckpt = Path(run_dir) / "checkpoints"
+    if which == "best" and (ckpt / "best" / "model.safetensors").is_file():
+        return ckpt / "best"
+    return read_pointer(ckpt / "latest")
+
+
 def read_pointer(path: Path) -> Path | None:
     """The checkpoint folder a pointer file (``latest``/``best``) names, or None."""
     if not path.is_file():
@@ -33,59 +46,100 @@ def read_pointer(path: Path) -> Path | None:
 
 
 class Checkpointer(Callback):
-    """Saves ``run_dir/checkpoints/step-N`` after each evaluation (or every ``every`` steps) and
-    at the end; keeps the newest ``keep`` plus the best by ``monitor``; pointer files
-    ``checkpoints/latest`` and ``checkpoints/best`` name them (each replaced atomically)."""
+    """Full checkpoints for resuming, and the best weights for evaluation.
+
+    ``run_dir/checkpoints/step-N/`` (full state, newest ``keep`` kept; pointer file ``latest``)
+    is written every ``every`` steps if set, otherwise after an evaluation when at least
+    ``min_interval_s`` seconds passed since the last one, and always at the end of training.
+    The weights of the best evaluation by ``monitor`` are kept in memory when they improve and
+    written to ``checkpoints/best/`` (weights + ``best.json``) along with each full checkpoint,
+    so small models do not pay a disk write per epoch.
+    """
 
     def __init__(
-        self, run_dir: str | Path, monitor: str, mode: str, every: int | None = None, keep: int = 2
+        self,
+        run_dir: str | Path,
+        monitor: str,
+        mode: str,
+        every: int | None = None,
+        keep: int = 2,
+        min_interval_s: float = 30.0,
     ) -> None:
         self.dir = Path(run_dir) / "checkpoints"
         self.monitor, self.mode, self.every, self.keep = monitor, mode, every, keep
+        self.min_interval_s = min_interval_s
         self.best: float | None = None
         self.best_step: int | None = None
+        self.best_written_step: int | None = None
         self.saved: list[str] = []
+        self._best_weights: dict[str, torch.Tensor] | None = None
+        self._last_save = time.monotonic()
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self._last_save = time.monotonic()
 
     def save(self, state: TrainState) -> None:
         name = f"step-{state.step:07d}"
         if self.saved and self.saved[-1] == name:
             return
-        value = state.metrics.get(self.monitor)
-        improved = isinstance(value, float) and _better(value, self.best, self.mode)
-        if improved:
-            self.best, self.best_step = value, state.step
-        if name not in self.saved:
-            self.saved.append(name)
+        self.saved.append(name)
         state.trainer.save(self.dir / name)  # our state_dict (best, saved) goes in with it
         write_pointer(self.dir / "latest", name)
-        if improved:
-            write_pointer(self.dir / "best", name)
+        self.write_best()
         self.prune()
+        self._last_save = time.monotonic()
+
+    def write_best(self) -> None:
+        if self._best_weights is None or self.best_written_step == self.best_step:
+            return
+        best = self.dir / "best"
+        tmp = self.dir / f".best.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self._best_weights, str(tmp / "model.safetensors"))
+        (tmp / "best.json").write_text(json.dumps(
+            {"metric": self.monitor, "value": self.best, "step": self.best_step}))
+        if best.exists():
+            old = self.dir / f".best.old-{os.getpid()}"
+            os.replace(best, old)
+            os.replace(tmp, best)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, best)
+        self.best_written_step = self.best_step
 
     def prune(self) -> None:
-        best = f"step-{self.best_step:07d}" if self.best_step is not None else None
-        keep = set(self.saved[-self.keep :]) | ({best} if best else set())
-        for name in list(self.saved):
-            if name not in keep:
-                shutil.rmtree(self.dir / name, ignore_errors=True)
-                self.saved.remove(name)
+        for name in self.saved[: -self.keep]:
+            shutil.rmtree(self.dir / name, ignore_errors=True)
+        self.saved = self.saved[-self.keep :]
 
     def on_after_step(self, state: TrainState) -> None:
         if self.every and state.step % self.every == 0:
             self.save(state)
 
     def on_eval_end(self, state: TrainState) -> None:
-        if not self.every:
+        value = state.metrics.get(self.monitor)
+        if isinstance(value, float) and _better(value, self.best, self.mode):
+            self.best, self.best_step = value, state.step
+            weights = state.model.state_dict()
+            dropped = {n for names in _remove_duplicate_names(weights).values() for n in names}
+            self._best_weights = {
+                k: v.detach().to("cpu", copy=True).contiguous()
+                for k, v in weights.items() if k not in dropped
+            }
+        if not self.every and time.monotonic() - self._last_save >= self.min_interval_s:
             self.save(state)
 
     def on_fit_end(self, state: TrainState) -> None:
         self.save(state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_step": self.best_step, "saved": list(self.saved)}
+        return {"best": self.best, "best_step": self.best_step, "saved": list(self.saved),
+                "best_written_step": self.best_written_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")
+        self.best_written_step = state.get("best_written_step")
         self.saved = [n for n in state.get("saved", []) if (self.dir / n).is_dir()]
 
 

@@ -31,7 +31,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     import yaml
 
     from bigtrain.build import build
-    from bigtrain.callbacks.checkpointing import read_pointer
+    from bigtrain.callbacks.checkpointing import best_weights
     from bigtrain.config.loader import validate
     from bigtrain.core.checkpoint import load_weights
     from bigtrain.errors import CheckpointError
@@ -47,8 +47,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     cfg = validate(raw, source=str(cfg_file))
     cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"progress": False})})
     built = build(cfg, run_dir=None, quiet=True)
-    ckpt_dir = run_dir / "checkpoints"
-    path = read_pointer(ckpt_dir / checkpoint) or read_pointer(ckpt_dir / "latest")
+    path = best_weights(run_dir, checkpoint)
     if path is None:
         raise CheckpointError(f"{run_dir} has no checkpoint to evaluate")
     load_weights(path, built.trainer.state.model)

@@ -28,7 +28,7 @@ def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     """(model in eval mode, tokenizer) of a language-model run folder, without loading its data."""
     import yaml
 
-    from bigtrain.callbacks.checkpointing import read_pointer
+    from bigtrain.callbacks.checkpointing import best_weights
     from bigtrain.config.loader import validate
     from bigtrain.core.checkpoint import load_weights
     from bigtrain.data.text import load_tokenizer
@@ -50,8 +50,7 @@ def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     tokenizer = load_tokenizer(tok_file)
     params = {k: v for k, v in cfg.model.items() if k != "name"}
     model = build_model(name, params, (model_block_size(cfg),), tokenizer.vocab_size)
-    ckpt = read_pointer(run_dir / "checkpoints" / checkpoint) or read_pointer(
-        run_dir / "checkpoints" / "latest")
+    ckpt = best_weights(run_dir, checkpoint)
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no checkpoint")
     load_weights(ckpt, model)

@@ -56,7 +56,8 @@ class TrainerConfig(_Strict):
     monitor: str | None = None  # e.g. "val/accuracy"; None = the task's default
     monitor_mode: Literal["min", "max"] | None = None
     early_stopping_patience: int | None = Field(None, ge=1)  # in evaluations
-    checkpoint_every: int | None = Field(None, ge=1)  # steps; None = after each evaluation
+    checkpoint_every: int | None = Field(None, ge=1)  # steps; None = after evaluations, rate-limited
+    checkpoint_interval_s: float = Field(30.0, ge=0)  # min seconds between evaluation checkpoints
     keep_checkpoints: int = Field(2, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False

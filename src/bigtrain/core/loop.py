@@ -215,9 +215,13 @@ class Trainer:
         model, task = s.model, s.task
         was_training = model.training
         model.eval()
-        metrics = task.metrics()
+        if not hasattr(self, "_metrics"):  # made once: building metric objects costs ~1 ms
+            self._metrics = task.metrics()
+            if self._metrics is not None:
+                self._metrics = self._metrics.to(self.strategy.device)
+        metrics = self._metrics
         if metrics is not None:
-            metrics = metrics.to(self.strategy.device)
+            metrics.reset()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.strategy.device)
         count = 0
         for batch in data:

@@ -1,0 +1,239 @@
+"""Resumable batch sources for the training loop (bigtrain.core.state.BatchSource).
+
+Both loaders draw each epoch's order from their own ``torch.Generator`` (never the global RNG) and
+save ``{"epoch", "position", "generator"}``: the generator state at the start of the epoch and how
+many examples of the epoch were served. Restoring redraws the same order and continues at the same
+example, so batches after a resume are bitwise equal to those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bigtrain.data.config import DataConfig
+from bigtrain.data.tables import Split, apply_normalization
+from bigtrain.errors import CheckpointError, ConfigError, DataError
+
+BatchSize = int | Literal["full"]
+
+
+class _Resumable:
+    """Epoch/position bookkeeping and the state_dict contract shared by both loaders."""
+
+    def __init__(self, n: int, batch_size: BatchSize, shuffle: bool, seed: int, drop_last: bool):
+        if n < 1:
+            raise DataError("a loader needs at least one example; the split is empty")
+        self.n, self.shuffle, self.drop_last, self.seed = n, shuffle, drop_last, seed
+        self.batch_size = batch_size  # type: ignore[assignment]  (the setter takes "full")
+        self.epoch = 0
+        self.position = 0  # examples of the current epoch already served
+        self._gen = torch.Generator().manual_seed(seed)
+        self._epoch_start = self._gen.get_state()
+        self._order: Any = None  # this epoch's order, drawn lazily from _epoch_start
+
+    @property
+    def batch_size(self) -> int:
+        """Examples per batch; set an int (takes effect at the next batch) or ``"full"``."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: BatchSize) -> None:
+        if value == "full":
+            value = self.n
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"batch size must be a positive integer or 'full', got {value!r}")
+        self._batch_size = value
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch at the current batch size."""
+        b = min(self._batch_size, self.n)
+        return self.n // b if self.drop_last else -(-self.n // b)
+
+    def _next_range(self) -> tuple[int, int] | None:
+        """(start, stop) of the next batch in this epoch's order, or None at the epoch's end."""
+        left = self.n - self.position
+        b = min(self._batch_size, self.n)
+        if left <= 0 or (self.drop_last and left < b):
+            return None
+        start = self.position
+        self.position = start + min(b, left)
+        return start, self.position
+
+    def _end_epoch(self) -> None:
+        if self.shuffle and self._order is None:
+            self._draw_order()  # an epoch that served nothing still advances the generator
+        self.epoch += 1
+        self.position = 0
+        self._epoch_start = self._gen.get_state()
+        self._order = None
+
+    def _draw_order(self) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "position", "generator", "num_examples"}`` (ints and a uint8 tensor)."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "generator": self._epoch_start.clone(),
+            "num_examples": self.n,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state_dict`` was taken (same data, any batch size)."""
+        n = int(state.get("num_examples", self.n))
+        if n != self.n:
+            raise CheckpointError(
+                f"the saved data position is for {n} examples but this data set has {self.n}; "
+                "resume with the same data settings"
+            )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._epoch_start = torch.as_tensor(state["generator"], dtype=torch.uint8).clone()
+        self._gen.set_state(self._epoch_start)
+        self._order = None
+
+
+class InMemoryLoader(_Resumable):
+    """Batches ``(x[i], y[i])`` of in-memory tensors, reshuffled every epoch.
+
+    A batch costs one ``index_select`` per tensor (a slice when not shuffling); a full batch
+    without shuffling passes the tensors through uncopied. The tensors may live on any device.
+
+    Args:
+        x: inputs, first dimension = examples.
+        y: targets with the same first dimension.
+        batch_size: examples per batch or ``"full"`` (one batch of everything per epoch).
+        shuffle: draw a new order each epoch from this loader's own generator.
+        seed: seed of that generator.
+        drop_last: skip the last batch of an epoch when it is smaller than ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: BatchSize,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+        self.x, self.y = x, y
+        super().__init__(int(x.shape[0]), batch_size, shuffle, seed, drop_last)
+
+    def _draw_order(self) -> None:
+        self._gen.set_state(self._epoch_start)
+        self._order = torch.randperm(self.n, generator=self._gen).to(self.x.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield the rest of the current epoch, then move on to the next epoch."""
+        if self.shuffle and self._order is None:
+            self._draw_order()
+        x, y, order = self.x, self.y, self._order
+        while (span := self._next_range()) is not None:
+            start, stop = span
+            if not self.shuffle:
+                whole = start == 0 and stop == self.n
+                yield (x, y) if whole else (x[start:stop], y[start:stop])  # views: no copy
+            else:
+                idx = order[start:stop]
+                yield x.index_select(0, idx), y.index_select(0, idx)
+        self._end_epoch()
+
+
+class StreamingLoader(_Resumable):
+    """Batches from arrays too large for memory (``np.memmap``, ``np.load(mmap_mode="r")``).
+
+    Each epoch visits chunks of ``chunk_size`` consecutive examples in a random order and the
+    examples within a chunk in a random order, so every batch reads from one or two nearby
+    regions of the file; rows are read in file order and converted to tensors per batch.
+
+    Args:
+        x, y: arrays indexed by example (memory-mapped or not).
+        batch_size, shuffle, seed, drop_last: as for :class:`InMemoryLoader`.
+        chunk_size: examples per contiguous chunk (larger: more random, less local).
+        transform: applied to each input batch tensor (default: cast to float32), e.g.
+            ``lambda t: apply_normalization(t, bundle.normalization)``.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: BatchSize,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        chunk_size: int = 4096,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if len(x) != len(y):
+            raise DataError(f"x has {len(x)} examples but y has {len(y)}")
+        if chunk_size < 1:
+            raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
+        self.x, self.y, self.chunk_size = x, y, chunk_size
+        self.transform = transform or (lambda t: t.to(torch.float32))
+        super().__init__(len(x), batch_size, shuffle, seed, drop_last)
+
+    def _draw_order(self) -> None:
+        self._gen.set_state(self._epoch_start)
+        n_chunks = -(-self.n // self.chunk_size)
+        chunk_rank = torch.randperm(n_chunks, generator=self._gen).to(torch.float64)
+        jitter = torch.rand(self.n, generator=self._gen, dtype=torch.float64)  # in [0, 1)
+        chunk_of = torch.arange(self.n) // self.chunk_size
+        # sort by (rank of the example's chunk, random key within the chunk)
+        self._order = torch.argsort(chunk_rank[chunk_of] + jitter).numpy()
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield the rest of the current epoch, then move on to the next epoch."""
+        if self.shuffle and self._order is None:
+            self._draw_order()
+        while (span := self._next_range()) is not None:
+            start, stop = span
+            if self.shuffle:
+                rows: Any = np.sort(self._order[start:stop])  # forward reads
+            else:
+                rows = slice(start, stop)
+            xb = torch.from_numpy(_native(np.asarray(self.x[rows])))
+            yb = torch.from_numpy(_native(np.asarray(self.y[rows])))
+            yield self.transform(xb), yb
+        self._end_epoch()
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """Writable, native-byte-order copy-if-needed (memmaps of IDX files are big-endian)."""
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a if a.flags.writeable else a.copy()
+
+
+def make_loader(
+    split: Split,
+    cfg: DataConfig,
+    seed: int = 0,
+    *,
+    train: bool = True,
+    normalization: dict[str, Any] | None = None,
+) -> InMemoryLoader | StreamingLoader:
+    """The loader for one split: shuffled batches of ``cfg.batch_size`` for training; in order,
+    all examples kept, for evaluation (``train=False``).
+
+    Tensors give an :class:`InMemoryLoader`; numpy arrays (e.g. memory-mapped files) give a
+    :class:`StreamingLoader` that applies ``normalization`` batch by batch.
+    """
+    shuffle = cfg.shuffle and train
+    drop_last = cfg.drop_last and train
+    if isinstance(split.x, np.ndarray):
+        norm = normalization or {}
+        y = split.y if isinstance(split.y, np.ndarray) else split.y.numpy()
+        return StreamingLoader(
+            split.x, y, cfg.batch_size, shuffle, seed, drop_last,
+            transform=lambda t: apply_normalization(t, norm),
+        )  # fmt: skip
+    return InMemoryLoader(split.x, split.y, cfg.batch_size, shuffle, seed, drop_last)
