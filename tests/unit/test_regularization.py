@@ -29,7 +29,7 @@ class MSETask(Task):
         pred = model(x).squeeze(-1)
         return StepOutput(((pred - y) ** 2).mean(), len(y), pred, y, {"inner": 1.0})
 
-    def metrics(self):
+    def metrics(self, light=False):
         return "inner-metrics"
 
     def predict(self, model, x):

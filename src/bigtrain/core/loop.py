@@ -103,6 +103,7 @@ class Trainer:
         self.clip_grad_value = clip_grad_value
         self.eval_every = eval_every
         self._params = [p for p in model.parameters() if p.requires_grad]
+        self._metrics: dict[bool, Any] = {}
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume_from: str | Path | None = None) -> TrainState:
@@ -194,7 +195,7 @@ class Trainer:
         if s.val_data is None:
             return {}
         self.callbacks.fire(Event.EVAL_START, s)
-        metrics = self.evaluate(s.val_data, split="val")
+        metrics = self.evaluate(s.val_data, split="val", light=True)
         s.metrics = metrics
         s.history.append({"step": s.step, "epoch": s.epoch, **metrics})
         observe = getattr(s.schedule, "observe", None)
@@ -206,20 +207,22 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, data: Iterable[Any], split: str = "val") -> dict[str, float]:
+    def evaluate(
+        self, data: Iterable[Any], split: str = "val", light: bool = False
+    ) -> dict[str, float]:
         """Mean loss and the task's metrics over ``data``; keys look like ``"val/accuracy"``.
 
+        ``light`` uses the task's cheap metric subset (the periodic evaluation during training).
         Non-scalar metric results (e.g. a confusion matrix) are returned as nested lists.
         """
         s = self.state
         model, task = s.model, s.task
         was_training = model.training
         model.eval()
-        if not hasattr(self, "_metrics"):  # made once: building metric objects costs ~1 ms
-            self._metrics = task.metrics()
-            if self._metrics is not None:
-                self._metrics = self._metrics.to(self.strategy.device)
-        metrics = self._metrics
+        if light not in self._metrics:  # made once: building metric objects costs ~1 ms
+            made = task.metrics(light=light)
+            self._metrics[light] = made.to(self.strategy.device) if made is not None else None
+        metrics = self._metrics[light]
         if metrics is not None:
             metrics.reset()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.strategy.device)

@@ -43,8 +43,11 @@ class Task:
         backward(out.loss * scale if scale != 1.0 else out.loss)
         return out
 
-    def metrics(self):
-        """A fresh ``torchmetrics.MetricCollection`` for evaluation, or None for loss only."""
+    def metrics(self, light: bool = False):
+        """A fresh ``torchmetrics.MetricCollection`` for evaluation, or None for loss only.
+
+        ``light`` asks for the cheap subset evaluated repeatedly during training.
+        """
         return None
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -100,8 +100,8 @@ class PenalizedTask(Task):
             )
         return self._with_penalty(out, seen[0], out.loss + seen[0].detach())
 
-    def metrics(self):
-        return self.task.metrics()
+    def metrics(self, light: bool = False):
+        return self.task.metrics(light=light)
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self.task.predict(model, x)
