@@ -29,7 +29,7 @@ class TrainLossEstimate(Callback):
         self.batches = batches
 
     def on_eval_end(self, state: TrainState) -> None:
-        metrics = state.trainer.evaluate(self.batches, split="train")
+        metrics = state.trainer.evaluate(self.batches, split="train_eval")
         state.metrics.update(metrics)
         if state.history:
             state.history[-1].update(metrics)
@@ -103,6 +103,7 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
     built = _assemble(cfg, model, task, sampler, val, run_dir, prepared, quiet=quiet,
                       logger_kwargs=logger_kwargs, first_callbacks=[TrainLossEstimate(train_eval)])
     built.trainer.state.extra["counts_tokens"] = True
+    built.extras.update(block_size=block, flops_per_token=flops() if flops is not None else 0.0)
     built.extras.update(tokenizer=load_tokenizer(prepared.tokenizer_path), prepared=prepared)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)

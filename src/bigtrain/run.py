@@ -155,6 +155,7 @@ class Run:
             "best": {"metric": monitor, "value": getattr(ckpt, "best", None),
                      "step": getattr(ckpt, "best_step", None)},
             "test": {k.split("/", 1)[1]: v for k, v in test.items() if not isinstance(v, list)},
+            "test_split": next(iter(test), "test/").split("/", 1)[0] if test else None,
         }
         cm = next((v for k, v in test.items() if k.endswith("/confusion_matrix")), None)
         if cm is not None:

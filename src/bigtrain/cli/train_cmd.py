@@ -74,7 +74,7 @@ def print_summary(summary: dict, run_dir, console) -> None:
     from rich.table import Table
 
     table = Table(title=f"{summary['name']}: {summary['status']}", show_header=True)
-    table.add_column("test metric")
+    table.add_column(f"{summary.get('test_split') or 'test'} metric")
     table.add_column("value", justify="right")
     for k, v in summary.get("test", {}).items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))

@@ -60,7 +60,7 @@ class TrainerConfig(_Strict):
     checkpoint_interval_s: float = Field(30.0, ge=0)  # min seconds between evaluation checkpoints
     keep_checkpoints: int = Field(2, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False
+    compile: bool | Literal["auto"] = False  # auto: only runs long enough to repay compiling
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
     progress: bool = True

@@ -97,6 +97,9 @@ def loss_figure(records: Sequence[dict]) -> Figure | None:
         _line(ax, *train, color=TRAIN_COLOR, label="train")
     if val[0]:
         _line(ax, *val, color=VAL_COLOR, label="val")
+    train_eval = series(records, "train_eval", "loss")  # LM: loss on fixed train batches
+    if train_eval[0]:
+        _line(ax, *train_eval, color=TRAIN_COLOR, label="train (eval batches)", linestyle="--")
     if test[0]:
         ax.plot(*test, "*", color=TEST_COLOR, markersize=10, label="test")
     _log_if_wide(ax, train[1] + val[1] + test[1])
