@@ -42,9 +42,17 @@ def make_corpus(folder: Path, megabytes: int, vocab: int = 65) -> None:
     rng.integers(0, vocab, 1_000_000, dtype=np.uint16).tofile(folder / "val.bin")
     chars = [chr(32 + i) for i in range(vocab)]
     CharTokenizer(chars).save(folder / "tokenizer.json")
-    meta = {"tokenizer": "char", "vocab_size": vocab, "dtype": "uint16", "n_train": n,
-            "n_val": 1_000_000, "characters": n, "files": 1, "source_hash": "synthetic",
-            "val_fraction": 0.01}
+    meta = {
+        "tokenizer": "char",
+        "vocab_size": vocab,
+        "dtype": "uint16",
+        "n_train": n,
+        "n_val": 1_000_000,
+        "characters": n,
+        "files": 1,
+        "source_hash": "synthetic",
+        "val_fraction": 0.01,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -58,12 +66,16 @@ def main() -> None:
         make_corpus(tmp / "corpus", args.mb)
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(tmp / "corpus"), str(args.steps), str(tmp / "run")],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         peak = float(out.stdout.strip().splitlines()[-1])
         size = (tmp / "corpus" / "train.bin").stat().st_size / 2**20
-        print(f"corpus {size:.0f} MiB of tokens ({size * 2**20 / 2 / 1e6:.0f}M tokens); "
-              f"peak RSS of the training process {peak:.0f} MiB over {args.steps} steps")
+        print(
+            f"corpus {size:.0f} MiB of tokens ({size * 2**20 / 2 / 1e6:.0f}M tokens); "
+            f"peak RSS of the training process {peak:.0f} MiB over {args.steps} steps"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -39,10 +39,20 @@ class StepClock(Callback):
         self.t1 = time.perf_counter()
 
 
-def bigtrain_rate(recipe: str, steps: int, warmup: int, extra: list[str] = ()) -> tuple[float, float, int]:
+def bigtrain_rate(
+    recipe: str, steps: int, warmup: int, extra: list[str] = ()
+) -> tuple[float, float, int]:
     """(tokens/s, flops/token, tokens per step) of bigtrain on ``recipe`` with a run folder."""
-    cfg = load_recipe(recipe, [f"trainer.max_steps={warmup + steps}", "trainer.eval_every=100000",
-                               "trainer.progress=false", "trainer.tensorboard=false", *extra])
+    cfg = load_recipe(
+        recipe,
+        [
+            f"trainer.max_steps={warmup + steps}",
+            "trainer.eval_every=100000",
+            "trainer.progress=false",
+            "trainer.tensorboard=false",
+            *extra,
+        ],
+    )
     tmp = Path(tempfile.mkdtemp())
     built = build(cfg, run_dir=tmp, quiet=True)
     built.trainer.state.val_data = None  # training throughput only (both sides)
@@ -66,16 +76,23 @@ def plain_rate(recipe: str, steps: int, warmup: int) -> float:
     prepared = PreparedText.load(prepared_folder(cfg, quiet=True))
     params = {k: v for k, v in cfg.model.items() if k != "name"}
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(**{**params, "moe": params.get("moe", {})},
-                          vocab_size=prepared.vocab_size))
+    model = GPT(
+        GPTConfig(**{**params, "moe": params.get("moe", {})}, vocab_size=prepared.vocab_size)
+    )
     block, batch = model.config.block_size, cfg.data.batch_size
     sampler = TokenWindowSampler(prepared.train_path, prepared.dtype, block, batch, seed=cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     o = cfg.optim
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=o.lr, betas=tuple(o.betas), foreach=True)  # torch's default
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": o.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=o.lr,
+        betas=tuple(o.betas),
+        foreach=True,
+    )  # torch's default
     warm, total, min_lr = cfg.schedule.warmup_steps, cfg.trainer.max_steps, cfg.schedule.min_lr
 
     def get_lr(it: int) -> float:
@@ -112,30 +129,51 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ref, fast = "shakespeare-char-reference", "shakespeare-char"
     peak32 = measured_peak_flops(torch.float32)
-    print(f"torch {torch.__version__}, {args.threads} threads, fp32 matmul peak "
-          f"{peak32 / 1e9:.0f} GFLOP/s; {args.reps} reps x {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, fp32 matmul peak "
+        f"{peak32 / 1e9:.0f} GFLOP/s; {args.reps} reps x {args.steps} steps"
+    )
     # (label, plain-loop baseline, function) ; the baseline is the plain loop on the same shape
     cases = [
         (f"plain eager loop, {ref} shape", ref, lambda: plain_rate(ref, args.steps, args.warmup)),
         (f"bigtrain {ref}", ref, lambda: bigtrain_rate(ref, args.steps, args.warmup)[0]),
-        (f"plain eager loop, {fast} shape", fast, lambda: plain_rate(fast, args.steps, args.warmup)),
-        (f"bigtrain {fast} (default path)", fast, lambda: bigtrain_rate(fast, args.steps, args.warmup)[0]),
-        (f"bigtrain {fast} + compile", fast, lambda: bigtrain_rate(
-            fast, args.steps, args.warmup, ["trainer.compile=true"])[0]),
-        (f"bigtrain {fast} + bf16", fast, lambda: bigtrain_rate(
-            fast, args.steps, args.warmup, ["trainer.precision=bf16"])[0]),
+        (
+            f"plain eager loop, {fast} shape",
+            fast,
+            lambda: plain_rate(fast, args.steps, args.warmup),
+        ),
+        (
+            f"bigtrain {fast} (default path)",
+            fast,
+            lambda: bigtrain_rate(fast, args.steps, args.warmup)[0],
+        ),
+        (
+            f"bigtrain {fast} + compile",
+            fast,
+            lambda: bigtrain_rate(fast, args.steps, args.warmup, ["trainer.compile=true"])[0],
+        ),
+        (
+            f"bigtrain {fast} + bf16",
+            fast,
+            lambda: bigtrain_rate(fast, args.steps, args.warmup, ["trainer.precision=bf16"])[0],
+        ),
     ]
     flops = {r: bigtrain_rate(r, 2, 1)[1] for r in (ref, fast)}
     rates: dict[str, list[float]] = {label: [] for label, _, _ in cases}
     for _ in range(args.reps):  # alternate so that machine noise hits every case alike
         for label, _, fn in cases:
             rates[label].append(fn())
-    base = {shape: statistics.median(rates[label]) for label, shape, _ in cases
-            if label.startswith("plain")}
+    base = {
+        shape: statistics.median(rates[label])
+        for label, shape, _ in cases
+        if label.startswith("plain")
+    }
     for label, shape, _ in cases:
         med = statistics.median(rates[label])
-        print(f"  {label:<46} {med:8.0f} tok/s  [{min(rates[label]):.0f}..{max(rates[label]):.0f}]"
-              f"  ratio to plain {med / base[shape]:.3f}  MFU(fp32 peak) {med * flops[shape] / peak32:.1%}")
+        print(
+            f"  {label:<46} {med:8.0f} tok/s  [{min(rates[label]):.0f}..{max(rates[label]):.0f}]"
+            f"  ratio to plain {med / base[shape]:.3f}  MFU(fp32 peak) {med * flops[shape] / peak32:.1%}"
+        )
 
 
 if __name__ == "__main__":

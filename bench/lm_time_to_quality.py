@@ -23,12 +23,15 @@ from bigtrain.run import build_run
 def train(recipe: str, extra: list[str]) -> tuple[list[tuple[float, float, int]], dict]:
     tmp = Path(tempfile.mkdtemp())
     try:
-        summary = build_run(recipe, ["trainer.progress=false", *extra], run_dir=tmp / "r",
-                            quiet=True).fit()
+        summary = build_run(
+            recipe, ["trainer.progress=false", *extra], run_dir=tmp / "r", quiet=True
+        ).fit()
         records = [json.loads(line) for line in (tmp / "r" / "metrics.jsonl").open()]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    curve = [(r["time"], r["loss"], r["step"]) for r in records if r["kind"] == "val" and "time" in r]
+    curve = [
+        (r["time"], r["loss"], r["step"]) for r in records if r["kind"] == "val" and "time" in r
+    ]
     return curve, summary
 
 
@@ -42,23 +45,34 @@ def main() -> None:
     fast_curve, fast = train("shakespeare-char", extra)
     target = ref_curve[-1][1]
     hit = next(((t, s) for t, loss, s in fast_curve if loss <= target), None)
-    print(f"reference: val loss {ref_curve[-1][1]:.4f} after {ref['steps']} steps, "
-          f"{ref['wall_time_s']:.1f} s")
-    print(f"tuned:     val loss {fast_curve[-1][1]:.4f} after {fast['steps']} steps, "
-          f"{fast['wall_time_s']:.1f} s")
+    print(
+        f"reference: val loss {ref_curve[-1][1]:.4f} after {ref['steps']} steps, "
+        f"{ref['wall_time_s']:.1f} s"
+    )
+    print(
+        f"tuned:     val loss {fast_curve[-1][1]:.4f} after {fast['steps']} steps, "
+        f"{fast['wall_time_s']:.1f} s"
+    )
     if hit:
-        print(f"tuned run reached the reference's {target:.4f} at step {hit[1]}, {hit[0]:.1f} s "
-              f"({hit[0] / ref['wall_time_s']:.2f} of the reference's time)")
+        print(
+            f"tuned run reached the reference's {target:.4f} at step {hit[1]}, {hit[0]:.1f} s "
+            f"({hit[0] / ref['wall_time_s']:.2f} of the reference's time)"
+        )
     else:
         print(f"tuned run did not reach {target:.4f}")
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
-    for curve, label in ((ref_curve, "shakespeare-char-reference (nanoGPT CPU settings)"),
-                         (fast_curve, "shakespeare-char (tuned defaults)")):
+    for curve, label in (
+        (ref_curve, "shakespeare-char-reference (nanoGPT CPU settings)"),
+        (fast_curve, "shakespeare-char (tuned defaults)"),
+    ):
         ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", markersize=3, label=label)
     ax.axhline(target, color="gray", linestyle=":", linewidth=1)
-    ax.set(xlabel="wall-clock seconds (2 CPU threads)", ylabel="val loss (20 fixed batches)",
-           title="Time to quality on the embedded Shakespeare corpus")
+    ax.set(
+        xlabel="wall-clock seconds (2 CPU threads)",
+        ylabel="val loss (20 fixed batches)",
+        title="Time to quality on the embedded Shakespeare corpus",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,13 @@ def plain_loop(model, x, y, batch_size, steps, lr, wd, seed):
 
 
 def bigtrain_run(recipe, steps, with_run_dir):
-    overrides = ["trainer.max_epochs=null", f"trainer.max_steps={steps}", "trainer.progress=false",
-                 "schedule.name=constant", "schedule.warmup_steps=0"]
+    overrides = [
+        "trainer.max_epochs=null",
+        f"trainer.max_steps={steps}",
+        "trainer.progress=false",
+        "schedule.name=constant",
+        "schedule.warmup_steps=0",
+    ]
     cfg = load_recipe(recipe, overrides)
     tmp = Path(tempfile.mkdtemp()) if with_run_dir else None
     built = build(cfg, run_dir=tmp, quiet=True)
@@ -77,8 +82,16 @@ def plain_run(recipe, steps):
         _model_cfg(cfg), built.data.input_shape, built.data.num_outputs
     )
     tr = built.data.train
-    return plain_loop(model, tr.x, tr.y, cfg.data.batch_size, steps, cfg.optim.lr,
-                      cfg.optim.weight_decay, cfg.seed)
+    return plain_loop(
+        model,
+        tr.x,
+        tr.y,
+        cfg.data.batch_size,
+        steps,
+        cfg.optim.lr,
+        cfg.optim.weight_decay,
+        cfg.seed,
+    )
 
 
 def _model_cfg(cfg):
@@ -99,7 +112,9 @@ def main() -> None:
     if args.quick:
         args.reps, args.steps = 1, 50
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.reps} reps x {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.reps} reps x {args.steps} steps"
+    )
     for recipe in args.recipes.split(","):
         plain_run(recipe, 50), bigtrain_run(recipe, 50, False)  # warm up allocators and caches
         rates = {"plain": [], "bigtrain loop": [], "bigtrain defaults": []}

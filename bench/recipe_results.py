@@ -13,9 +13,18 @@ from pathlib import Path
 
 from bigtrain.run import build_run
 
-RECIPES = ["digits-mlp", "digits-cnn", "iris-mlp", "wine-mlp", "breast-cancer-logreg",
-           "diabetes-regression", "mnist-mlp", "moons-sigmoid-mlp", "linear-regression-gd",
-           "fashion-mnist-cnn"]
+RECIPES = [
+    "digits-mlp",
+    "digits-cnn",
+    "iris-mlp",
+    "wine-mlp",
+    "breast-cancer-logreg",
+    "diabetes-regression",
+    "mnist-mlp",
+    "moons-sigmoid-mlp",
+    "linear-regression-gd",
+    "fashion-mnist-cnn",
+]
 SHOWN = ["accuracy", "f1", "auroc", "mse", "r2"]
 
 
@@ -37,8 +46,12 @@ def main() -> None:
         t = s["test"]
         cells = [f"{t[k]:.4f}" if k in t else "" for k in SHOWN]
         notes = ", ".join(f"{k} {v}" for k, v in s.get("notes", {}).items())
-        print(f"| {name} | {s['steps']} | {s['wall_time_s']:.1f} | " + " | ".join(cells)
-              + f" | {notes} |", flush=True)
+        print(
+            f"| {name} | {s['steps']} | {s['wall_time_s']:.1f} | "
+            + " | ".join(cells)
+            + f" | {notes} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ from bigtrain.optim import (
 )
 from bigtrain.tasks import BinaryClassificationTask, ClassificationTask, RegressionTask
 
-
-# torch.compile costs ~25 s cold (~3 s with inductor's on-disk cache) and saves ~10% of a small
+# torch.compile costs ~25 s cold (~3 s with inductor's on-disk cache) and saves ~20% of a small
 # GPT's step time (docs/benchmarks.md): "auto" compiles runs of at least this many steps
 COMPILE_AUTO_MIN_STEPS = 5000
 
@@ -42,6 +41,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def resolve_precision(name: str, device: str) -> str:
+    """``auto`` is bf16 autocast where the hardware computes bf16 natively, fp32 elsewhere.
+
+    On a CPU without AVX512-BF16/AMX, bf16 matmuls are emulated and slower than fp32.
+    """
+    if name != "auto":
+        return name
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "fp32"
 
 
 def resolve_device(name: str) -> str:
@@ -62,14 +74,20 @@ def build_task(cfg: RunConfig, kind: str, num_outputs: int) -> Task:
     t = cfg.task
     name = kind if t.name == "auto" else t.name
     if name in ("classification", "binary") and kind == "regression":
-        raise ConfigError(f"task.name '{name}' needs class labels, but data '{cfg.data.name}' has real-valued targets")
+        raise ConfigError(
+            f"task.name '{name}' needs class labels, but data '{cfg.data.name}' has real-valued targets"
+        )
     if name == "classification":
         if t.loss not in ("auto", "cross_entropy"):
-            raise ConfigError(f"task.loss '{t.loss}' does not apply to classification (use cross_entropy)")
+            raise ConfigError(
+                f"task.loss '{t.loss}' does not apply to classification (use cross_entropy)"
+            )
         return ClassificationTask(max(num_outputs, 2), t.label_smoothing, t.metrics)
     if name == "binary":
         if t.loss not in ("auto", "bce"):
-            raise ConfigError(f"task.loss '{t.loss}' does not apply to binary classification (use bce)")
+            raise ConfigError(
+                f"task.loss '{t.loss}' does not apply to binary classification (use bce)"
+            )
         return BinaryClassificationTask(t.label_smoothing, t.metrics)
     if name == "regression":
         return RegressionTask("mse" if t.loss == "auto" else t.loss, t.metrics)
@@ -131,7 +149,8 @@ def _assemble(
 ) -> Components:
     """Optimizer, schedules, callbacks and the Trainer: shared by every kind of run."""
     tr = cfg.trainer
-    strategy = SingleDevice(resolve_device(tr.device), tr.precision)
+    device = resolve_device(tr.device)
+    strategy = SingleDevice(device, resolve_precision(tr.precision, device))
     model = strategy.setup(model)
     if cfg.regularization.l1 or cfg.regularization.l2:
         params = penalty_params(model, cfg.regularization.apply_to)
@@ -154,30 +173,51 @@ def _assemble(
     mode = tr.monitor_mode or (task.monitor_mode if monitor == f"val/{task.monitor}" else "min")
     callbacks: dict[str, Any] = {f"extra{i}": cb for i, cb in enumerate(first_callbacks or [])}
     callbacks |= {
-        "health": HealthCheck(tr.health.check_every, tr.health.vanishing_below,
-                              tr.health.exploding_above, report=_stderr_printer(quiet)),
+        "health": HealthCheck(
+            tr.health.check_every,
+            tr.health.vanishing_below,
+            tr.health.exploding_above,
+            report=_stderr_printer(quiet),
+        ),
     }
     if run_dir is not None:
-        callbacks["logger"] = MetricsLogger(run_dir, tr.log_every, tr.tensorboard,
-                                            **(logger_kwargs or {}))
+        callbacks["logger"] = MetricsLogger(
+            run_dir, tr.log_every, tr.tensorboard, **(logger_kwargs or {})
+        )
     if tr.progress and not quiet:
         callbacks["progress"] = ProgressBar(monitor=monitor)
     if tr.early_stopping_patience:
         callbacks["early_stopping"] = EarlyStopping(monitor, mode, tr.early_stopping_patience)
     if run_dir is not None:
-        callbacks["checkpointer"] = Checkpointer(run_dir, monitor, mode, tr.checkpoint_every,
-                                                 tr.keep_checkpoints, tr.checkpoint_interval_s)
+        callbacks["checkpointer"] = Checkpointer(
+            run_dir,
+            monitor,
+            mode,
+            tr.checkpoint_every,
+            tr.keep_checkpoints,
+            tr.checkpoint_interval_s,
+        )
     if tr.compile is True or (tr.compile == "auto" and total >= COMPILE_AUTO_MIN_STEPS):
         # in place: parameter names (and so checkpoints) stay those of the plain model; compiled
         # kernels are cached on disk by inductor, so a second run starts in seconds
         model.compile()
     trainer = Trainer(
-        model, task, optimizer, loader,
-        val_data=val_batches, schedule=schedule, batch_size_schedule=batch_sched,
-        callbacks=list(callbacks.values()), strategy=strategy,
-        max_steps=tr.max_steps, max_epochs=tr.max_epochs, grad_accum=tr.grad_accum,
-        clip_grad_norm=tr.clip_grad_norm, clip_grad_value=tr.clip_grad_value,
-        eval_every=tr.eval_every, run_dir=run_dir,
+        model,
+        task,
+        optimizer,
+        loader,
+        val_data=val_batches,
+        schedule=schedule,
+        batch_size_schedule=batch_sched,
+        callbacks=list(callbacks.values()),
+        strategy=strategy,
+        max_steps=tr.max_steps,
+        max_epochs=tr.max_epochs,
+        grad_accum=tr.grad_accum,
+        clip_grad_norm=tr.clip_grad_norm,
+        clip_grad_value=tr.clip_grad_value,
+        eval_every=tr.eval_every,
+        run_dir=run_dir,
     )
     trainer.state.extra["monitor"] = (monitor, mode)
     return Components(cfg, model, task, trainer, data, callbacks)
@@ -201,8 +241,12 @@ def _stderr_printer(quiet: bool):
     return report
 
 
-def build(cfg: RunConfig, run_dir: Path | None = None, fold: tuple[int, int] | None = None,
-          quiet: bool = False) -> Components:
+def build(
+    cfg: RunConfig,
+    run_dir: Path | None = None,
+    fold: tuple[int, int] | None = None,
+    quiet: bool = False,
+) -> Components:
     """Build every component a recipe describes (dispatching on the kind of data/task)."""
     from bigtrain.data.text_config import TEXT_DATA_NAMES
 
@@ -213,4 +257,3 @@ def build(cfg: RunConfig, run_dir: Path | None = None, fold: tuple[int, int] | N
 
         return build_language_model(cfg, run_dir, quiet=quiet)
     return build_supervised(cfg, run_dir, fold=fold, quiet=quiet)
-

@@ -53,8 +53,14 @@ def prepared_folder(cfg: RunConfig, quiet: bool) -> Path:
             kept.append((name, text[:left]))
             left -= len(text)
         sources = kept
-    return prepare_cached(sources, d.tokenizer, d.vocab_size, d.cache_dir,
-                          val_fraction=d.val_fraction, progress=not quiet)
+    return prepare_cached(
+        sources,
+        d.tokenizer,
+        d.vocab_size,
+        d.cache_dir,
+        val_fraction=d.val_fraction,
+        progress=not quiet,
+    )
 
 
 def model_block_size(cfg: RunConfig) -> int:
@@ -84,24 +90,39 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
     params = {k: v for k, v in cfg.model.items() if k != "name"}
     model = build_model(name, params, (block,), prepared.vocab_size)
     d = cfg.data
-    sampler = TokenWindowSampler(prepared.train_path, prepared.dtype, block, d.batch_size,
-                                 seed=cfg.seed)
+    sampler = TokenWindowSampler(
+        prepared.train_path, prepared.dtype, block, d.batch_size, seed=cfg.seed
+    )
     eval_bs = d.eval_batch_size or d.batch_size
-    val = fixed_eval_batches(prepared.val_path, prepared.dtype, block, eval_bs, d.eval_batches,
-                             seed=cfg.seed + 1)
-    train_eval = fixed_eval_batches(prepared.train_path, prepared.dtype, block, eval_bs,
-                                    d.eval_batches, seed=cfg.seed + 2)
+    val = fixed_eval_batches(
+        prepared.val_path, prepared.dtype, block, eval_bs, d.eval_batches, seed=cfg.seed + 1
+    )
+    train_eval = fixed_eval_batches(
+        prepared.train_path, prepared.dtype, block, eval_bs, d.eval_batches, seed=cfg.seed + 2
+    )
     task = LanguageModelTask()
     logger_kwargs: dict[str, Any] = {"count_tokens": True}
     flops = getattr(model, "flops_per_token", None)
     if run_dir is not None and flops is not None:
+        from bigtrain.build import resolve_device, resolve_precision
         from bigtrain.plan import measured_peak_flops
 
-        dtype = torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32
-        device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+        device = resolve_device(cfg.trainer.device)
+        precision = resolve_precision(cfg.trainer.precision, device)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         logger_kwargs.update(flops_per_unit=flops(), peak_flops=measured_peak_flops(dtype, device))
-    built = _assemble(cfg, model, task, sampler, val, run_dir, prepared, quiet=quiet,
-                      logger_kwargs=logger_kwargs, first_callbacks=[TrainLossEstimate(train_eval)])
+    built = _assemble(
+        cfg,
+        model,
+        task,
+        sampler,
+        val,
+        run_dir,
+        prepared,
+        quiet=quiet,
+        logger_kwargs=logger_kwargs,
+        first_callbacks=[TrainLossEstimate(train_eval)],
+    )
     built.trainer.state.extra["counts_tokens"] = True
     built.extras.update(block_size=block, flops_per_token=flops() if flops is not None else 0.0)
     built.extras.update(tokenizer=load_tokenizer(prepared.tokenizer_path), prepared=prepared)
@@ -139,21 +160,35 @@ def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fa
     perm = torch.randperm(len(x), generator=g)
     tr, va = perm[n_val:], perm[:n_val]
     data = DataBundle(
-        train=Split(x[tr], y[tr]), val=Split(x[va], y[va]),
+        train=Split(x[tr], y[tr]),
+        val=Split(x[va], y[va]),
         test=Split(encode(test_texts), torch.tensor(test_y)),
-        kind="classification", num_classes=len(classes), input_shape=(block,),
+        kind="classification",
+        num_classes=len(classes),
+        input_shape=(block,),
         class_names=classes,
     )
     params = {k: v for k, v in cfg.model.items() if k != "name"}
     if "vocab_size" not in MODELS.get(cfg.model["name"]).Config.__dataclass_fields__:
-        raise ConfigError(f"model '{cfg.model['name']}' cannot read tokens (use encoder or rnn_classifier)")
-    params.update(vocab_size=pad + 1, pad_id=pad) if cfg.model["name"] == "encoder" else \
-        params.update(vocab_size=pad + 1)
+        raise ConfigError(
+            f"model '{cfg.model['name']}' cannot read tokens (use encoder or rnn_classifier)"
+        )
+    params.update(vocab_size=pad + 1, pad_id=pad) if cfg.model[
+        "name"
+    ] == "encoder" else params.update(vocab_size=pad + 1)
     model = build_model(cfg.model["name"], params, (block,), len(classes))
     task = ClassificationTask(len(classes), cfg.task.label_smoothing, cfg.task.metrics)
     loader = InMemoryLoader(data.train.x, data.train.y, d.batch_size, shuffle=True, seed=cfg.seed)
-    built = _assemble(cfg, model, task, loader, eval_batches(data.val.x, data.val.y, 256),
-                      run_dir, data, quiet=quiet)
+    built = _assemble(
+        cfg,
+        model,
+        task,
+        loader,
+        eval_batches(data.val.x, data.val.y, 256),
+        run_dir,
+        data,
+        quiet=quiet,
+    )
     built.extras["test_batches"] = eval_batches(data.test.x, data.test.y, 256)
     built.extras["tokenizer"] = tokenizer
     return built

@@ -80,8 +80,11 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
     except yaml.YAMLError:
         raise CheckpointError(f"{saved} is corrupt; cannot resume this run") from None
     new = _flat(cfg.model_dump(mode="json"))
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
+    changed = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
+    )
     if changed:
         raise CheckpointError(
             f"run folder {run_dir} holds a different run (changed: {', '.join(changed[:4])}); "
@@ -95,7 +98,12 @@ class Run:
     """A configured run bound to its folder. ``fit()`` trains and writes the results."""
 
     def __init__(self, config: RunConfig, run_dir: Path, components: Components, resume: bool):
-        self.config, self.run_dir, self.components, self.resume = config, run_dir, components, resume
+        self.config, self.run_dir, self.components, self.resume = (
+            config,
+            run_dir,
+            components,
+            resume,
+        )
 
     @property
     def trainer(self):
@@ -152,8 +160,11 @@ class Run:
             "epochs": s.epoch,
             "wall_time_s": round(float(s.extra.get("wall_time_s", 0.0)), 3),
             "parameters": sum(p.numel() for p in s.model.parameters()),
-            "best": {"metric": monitor, "value": getattr(ckpt, "best", None),
-                     "step": getattr(ckpt, "best_step", None)},
+            "best": {
+                "metric": monitor,
+                "value": getattr(ckpt, "best", None),
+                "step": getattr(ckpt, "best_step", None),
+            },
             "test": {k.split("/", 1)[1]: v for k, v in test.items() if not isinstance(v, list)},
             "test_split": next(iter(test), "test/").split("/", 1)[0] if test else None,
         }

@@ -30,8 +30,15 @@ def trained(tmp_path_factory):
 
 
 def test_train_json_and_eval_json(capsys, tmp_path, trained):
-    code, out, _ = run_cli(capsys, "train", "tiny/iris-mlp", "--run-dir", str(tmp_path / "r"),
-                           "--json", "trainer.tensorboard=false")
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "tiny/iris-mlp",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--json",
+        "trainer.tensorboard=false",
+    )
     assert code == 0
     summary = json.loads(out)
     assert summary["steps"] == 2 and "accuracy" in summary["test"]
@@ -84,7 +91,10 @@ def test_recipes_commands(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "digits-mlp", "trainer.max_epoch=3"], "unknown key 'trainer.max_epoch' (did you mean 'max_epochs'?)"),
+        (
+            ["train", "digits-mlp", "trainer.max_epoch=3"],
+            "unknown key 'trainer.max_epoch' (did you mean 'max_epochs'?)",
+        ),
         (["train", "digits-mlp", "optim.lr=abc"], "optim.lr"),
         (["train", "digits-mlp", "model.activation=relu6"], "relu6"),
         (["train", "nosuch-recipe"], "unknown recipe 'nosuch-recipe'"),
@@ -101,11 +111,25 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, message):
 def test_data_errors_are_one_line(capsys, tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n" * 10)
-    code, _, err = run_cli(capsys, "train", "digits-mlp", "data.name=csv", f"data.path={csv}",
-                           "data.target=lable", "--run-dir", str(tmp_path / "r"))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "digits-mlp",
+        "data.name=csv",
+        f"data.path={csv}",
+        "data.target=lable",
+        "--run-dir",
+        str(tmp_path / "r"),
+    )
     assert code == 2 and "lable" in err and "did you mean 'label'" in err
-    code, _, err = run_cli(capsys, "train", "digits-mlp", "data.name=csv",
-                           f"data.path={tmp_path / 'nope.csv'}", "data.target=label")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "digits-mlp",
+        "data.name=csv",
+        f"data.path={tmp_path / 'nope.csv'}",
+        "data.target=label",
+    )
     assert code == 2 and "nope.csv" in err and err.count("\n") == 1
 
 
@@ -132,9 +156,15 @@ def test_truncated_checkpoint_is_one_line(capsys, tmp_path):
 
 
 def test_resume_after_crash_is_bitwise_identical(tmp_path, monkeypatch):
-    overrides = ["trainer.max_epochs=null", "trainer.max_steps=40", "trainer.eval_every=10",
-                 "trainer.tensorboard=false", "trainer.progress=false", "model.dropout=0.2",
-                 "trainer.checkpoint_interval_s=0"]
+    overrides = [
+        "trainer.max_epochs=null",
+        "trainer.max_steps=40",
+        "trainer.eval_every=10",
+        "trainer.tensorboard=false",
+        "trainer.progress=false",
+        "model.dropout=0.2",
+        "trainer.checkpoint_interval_s=0",
+    ]
     straight = build_run("digits-mlp", overrides, run_dir=tmp_path / "a", quiet=True)
     straight.fit()
 
@@ -158,16 +188,29 @@ def test_resume_after_crash_is_bitwise_identical(tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [json.loads(l)["step"] for l in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
-             if json.loads(l)["kind"] == "train"]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
     assert steps == sorted(set(steps))  # no duplicated records after the resume
 
 
 def test_main_job_runs_as_a_module(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "bigtrain.cli.main", "train", "tiny/digits-mlp", "--run-dir",
-         str(tmp_path / "m"), "--quiet"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bigtrain.cli.main",
+            "train",
+            "tiny/digits-mlp",
+            "--run-dir",
+            str(tmp_path / "m"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "report:" in out.stdout and "accuracy" in out.stdout

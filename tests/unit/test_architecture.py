@@ -20,6 +20,9 @@ def test_import_layering_contracts():
 
 
 def test_module_size_budget():
-    too_big = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py")
-               if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    too_big = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not too_big, f"split these modules: {too_big}"

@@ -43,7 +43,9 @@ def test_unknown_key_names_key_and_suggestion(tmp_path):
     p = write(tmp_path, "r.yaml", BASE + "optim: {lrr: 0.1}\n")
     with pytest.raises(ConfigError, match=r"unknown key 'optim.lrr' \(did you mean 'lr'\?\)"):
         load_recipe(p)
-    with pytest.raises(ConfigError, match=r"unknown key 'trainer.max_epoch' \(did you mean 'max_epochs'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'trainer.max_epoch' \(did you mean 'max_epochs'"
+    ):
         load_recipe(write(tmp_path, "b.yaml", BASE), ["trainer.max_epoch=3"])
 
 

@@ -89,10 +89,21 @@ def test_event_order_golden():
     t = make(n=32, batch=16, max_epochs=1, callbacks=[rec])
     t.fit()
     assert rec.events == [
-        "setup", "fit_start", "epoch_start",
-        "batch_start", "after_forward", "after_backward", "after_step",
-        "batch_start", "after_forward", "after_backward", "after_step",
-        "eval_start", "eval_end", "epoch_end", "fit_end",
+        "setup",
+        "fit_start",
+        "epoch_start",
+        "batch_start",
+        "after_forward",
+        "after_backward",
+        "after_step",
+        "batch_start",
+        "after_forward",
+        "after_backward",
+        "after_step",
+        "eval_start",
+        "eval_end",
+        "epoch_end",
+        "fit_end",
     ]
 
 
@@ -145,8 +156,9 @@ def test_schedule_sets_lr_per_step_and_clipping_bounds_norm():
         def on_after_step(self, s):
             seen.append(s.optimizer.param_groups[0]["lr"])
 
-    t = make(max_steps=4, schedule=lambda step: 0.1 * (step + 1), clip_grad_norm=1e-3,
-             callbacks=[LR()])
+    t = make(
+        max_steps=4, schedule=lambda step: 0.1 * (step + 1), clip_grad_norm=1e-3, callbacks=[LR()]
+    )
     t.fit()
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert t.state.grad_norm is not None
@@ -164,8 +176,10 @@ def test_bitwise_resume(tmp_path):
     assert second.state.step == 12
     for p, q in zip(straight.state.model.parameters(), second.state.model.parameters()):
         assert torch.equal(p, q)
-    for (k, v), (_, w) in zip(straight.state.optimizer.state_dict()["state"].items(),
-                              second.state.optimizer.state_dict()["state"].items()):
+    for (k, v), (_, w) in zip(
+        straight.state.optimizer.state_dict()["state"].items(),
+        second.state.optimizer.state_dict()["state"].items(),
+    ):
         for name in v:
             assert torch.equal(v[name], w[name]), (k, name)
 

@@ -97,8 +97,9 @@ class Checkpointer(Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(self._best_weights, str(tmp / "model.safetensors"))
-        (tmp / "best.json").write_text(json.dumps(
-            {"metric": self.monitor, "value": self.best, "step": self.best_step}))
+        (tmp / "best.json").write_text(
+            json.dumps({"metric": self.monitor, "value": self.best, "step": self.best_step})
+        )
         if best.exists():
             old = self.dir / f".best.old-{os.getpid()}"
             os.replace(best, old)
@@ -125,7 +126,8 @@ class Checkpointer(Callback):
             dropped = {n for names in _remove_duplicate_names(weights).values() for n in names}
             self._best_weights = {
                 k: v.detach().to("cpu", copy=True).contiguous()
-                for k, v in weights.items() if k not in dropped
+                for k, v in weights.items()
+                if k not in dropped
             }
         if not self.every and time.monotonic() - self._last_save >= self.min_interval_s:
             self.save(state)
@@ -134,8 +136,12 @@ class Checkpointer(Callback):
         self.save(state)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_step": self.best_step, "saved": list(self.saved),
-                "best_written_step": self.best_written_step}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "saved": list(self.saved),
+            "best_written_step": self.best_written_step,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")
@@ -161,9 +167,7 @@ class EarlyStopping(Callback):
             self.bad += 1
             if self.bad >= self.patience:
                 state.should_stop = True
-                state.stop_reason = (
-                    f"early stopping: {self.monitor} did not improve for {self.patience} evaluations"
-                )
+                state.stop_reason = f"early stopping: {self.monitor} did not improve for {self.patience} evaluations"
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad": self.bad}

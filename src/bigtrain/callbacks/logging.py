@@ -120,12 +120,24 @@ class MetricsLogger(Callback):
         norms = state.extra.pop("grad_norms", None)
         if norms is not None:
             self.write(
-                {"kind": "grad_norms", "step": state.step, "epoch": state.epoch,
-                 "time": round(self.now(), 4), "norms": norms}
+                {
+                    "kind": "grad_norms",
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "time": round(self.now(), 4),
+                    "norms": norms,
+                }
             )
         for message in state.extra.pop("health_messages", []):
-            self.write({"kind": "health", "step": state.step, "epoch": state.epoch,
-                        "time": round(self.now(), 4), "message": message})
+            self.write(
+                {
+                    "kind": "health",
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "time": round(self.now(), 4),
+                    "message": message,
+                }
+            )
 
     def on_eval_end(self, state: TrainState) -> None:
         self.log_metrics(state, state.metrics)
@@ -138,8 +150,15 @@ class MetricsLogger(Callback):
             if isinstance(value, (int, float)):
                 by_split.setdefault(split, {})[name] = value
         for split, values in by_split.items():
-            self.write({"kind": split, "step": state.step, "epoch": state.epoch,
-                        "time": round(self.now(), 4), **values})
+            self.write(
+                {
+                    "kind": split,
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "time": round(self.now(), 4),
+                    **values,
+                }
+            )
         self._file.flush()
 
     def on_fit_end(self, state: TrainState) -> None:

@@ -25,13 +25,25 @@ class ProgressBar(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-            from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=self.console, auto_refresh=False, transient=False,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                auto_refresh=False,
+                transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task(
@@ -67,8 +79,11 @@ class ProgressBar(Callback):
         if self._progress is not None:
             self._progress.console.print(f"step {state.step:>6}  epoch {state.epoch:>3}  {text}")
         else:
-            self.console.print(f"step {state.step:>6}  epoch {state.epoch:>3}  {text}",
-                               highlight=False, soft_wrap=True)
+            self.console.print(
+                f"step {state.step:>6}  epoch {state.epoch:>3}  {text}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def on_fit_end(self, state: TrainState) -> None:
         if self._progress is not None:

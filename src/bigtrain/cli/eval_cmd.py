@@ -9,17 +9,23 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("eval", help="evaluate a trained run on a split",
-                       description="Rebuild the run's data and model from its folder, load the "
-                       "best checkpoint and print the metrics of a split.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a trained run on a split",
+        description="Rebuild the run's data and model from its folder, load the "
+        "best checkpoint and print the metrics of a split.",
+    )
     e.add_argument("run_dir")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     e.set_defaults(func=run_eval)
-    p = sub.add_parser("predict", help="predict for new rows of a CSV/Parquet/NPZ file",
-                       description="Apply a trained tabular model to new inputs (the feature "
-                       "columns it was trained on, normalised the same way).")
+    p = sub.add_parser(
+        "predict",
+        help="predict for new rows of a CSV/Parquet/NPZ file",
+        description="Apply a trained tabular model to new inputs (the feature "
+        "columns it was trained on, normalised the same way).",
+    )
     p.add_argument("run_dir")
     p.add_argument("input", help="CSV, Parquet or NPZ (key x) file of inputs")
     p.add_argument("--out", help="write predictions as CSV here (default: stdout)")
@@ -144,7 +150,11 @@ def run_predict(args: argparse.Namespace) -> int:
         rows = [[names[int(p > 0.5)], f"{float(p):.6f}"] for p in out]
     else:
         vals = out.reshape(len(out), -1)
-        header = ["prediction"] if vals.shape[1] == 1 else [f"prediction_{i}" for i in range(vals.shape[1])]
+        header = (
+            ["prediction"]
+            if vals.shape[1] == 1
+            else [f"prediction_{i}" for i in range(vals.shape[1])]
+        )
         rows = [[f"{v:.6f}" for v in r.tolist()] for r in vals]
     lines = [",".join(header), *(",".join(map(str, r)) for r in rows)]
     text = "\n".join(lines) + "\n"

@@ -8,9 +8,12 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="sample text from a trained language model",
-                       description="Load a language-model run's best checkpoint and tokenizer and "
-                       "continue a prompt (KV-cached sampling; --seed makes it reproducible).")
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a trained language model",
+        description="Load a language-model run's best checkpoint and tokenizer and "
+        "continue a prompt (KV-cached sampling; --seed makes it reproducible).",
+    )
     p.add_argument("run_dir")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=500)
@@ -81,9 +84,16 @@ def run(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long)
     with torch.no_grad():
-        out = generate(model, idx, args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, generator=gen,
-                       use_cache=not args.no_cache)
+        out = generate(
+            model,
+            idx,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            generator=gen,
+            use_cache=not args.no_cache,
+        )
     for i, row in enumerate(out.tolist()):
         if args.num_samples > 1:
             print(f"--- sample {i + 1} ---")

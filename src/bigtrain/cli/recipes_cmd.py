@@ -8,8 +8,11 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recipes", help="list, show, copy and validate recipes",
-                       description="Work with the recipes shipped with bigtrain or your own.")
+    p = sub.add_parser(
+        "recipes",
+        help="list, show, copy and validate recipes",
+        description="Work with the recipes shipped with bigtrain or your own.",
+    )
     rs = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = rs.add_parser("ls", help="list shipped recipes")
     ls.add_argument("--tiny", action="store_true", help="include the tiny CI overlays")
@@ -22,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cp.add_argument("recipe")
     cp.add_argument("dest")
     cp.set_defaults(func=run_cp)
-    val = rs.add_parser("validate", help="check recipes without training (all shipped if none given)")
+    val = rs.add_parser(
+        "validate", help="check recipes without training (all shipped if none given)"
+    )
     val.add_argument("recipes", nargs="*")
     val.set_defaults(func=run_validate)
 

@@ -112,9 +112,11 @@ def run_cv(args: argparse.Namespace) -> int:
             console.print(f"fold {k + 1}/{args.folds}: {shown}")
     names = list(per_fold[0])
     result = {
-        n: {"mean": statistics.fmean(f[n] for f in per_fold),
+        n: {
+            "mean": statistics.fmean(f[n] for f in per_fold),
             "std": statistics.stdev(f[n] for f in per_fold),
-            "folds": [f[n] for f in per_fold]}
+            "folds": [f[n] for f in per_fold],
+        }
         for n in names
     }
     if args.json:

@@ -82,7 +82,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def _load_with_bases(path: Path, depth: int = 0) -> dict[str, Any]:
     if depth > _MAX_BASE_DEPTH:
-        raise ConfigError(f"recipe {path}: `base:` chain is longer than {_MAX_BASE_DEPTH} (a cycle?)")
+        raise ConfigError(
+            f"recipe {path}: `base:` chain is longer than {_MAX_BASE_DEPTH} (a cycle?)"
+        )
     data = _read_yaml(path)
     base = data.pop("base", None)
     if base is None:
@@ -130,7 +132,9 @@ def _fields_at(loc: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> list[
             return []
         ann = model.model_fields[part].annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
     return list(model.model_fields) if model is not None else []
 
 

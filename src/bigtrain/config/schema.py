@@ -56,10 +56,12 @@ class TrainerConfig(_Strict):
     monitor: str | None = None  # e.g. "val/accuracy"; None = the task's default
     monitor_mode: Literal["min", "max"] | None = None
     early_stopping_patience: int | None = Field(None, ge=1)  # in evaluations
-    checkpoint_every: int | None = Field(None, ge=1)  # steps; None = after evaluations, rate-limited
+    checkpoint_every: int | None = Field(
+        None, ge=1
+    )  # steps; None = after evaluations, rate-limited
     checkpoint_interval_s: float = Field(30.0, ge=0)  # min seconds between evaluation checkpoints
     keep_checkpoints: int = Field(2, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # auto: bf16 where native
     compile: bool | Literal["auto"] = False  # auto: only runs long enough to repay compiling
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)

@@ -23,10 +23,10 @@ CHECKPOINT fires when a checkpoint was written (state.last_checkpoint holds its 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Event(str, Enum):
+class Event(StrEnum):
     SETUP = "setup"
     FIT_START = "fit_start"
     EPOCH_START = "epoch_start"

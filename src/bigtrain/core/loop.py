@@ -297,6 +297,4 @@ class Trainer:
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
-    }
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -47,9 +47,7 @@ class SingleDevice:
         self.device = torch.device(device)
         self.precision = precision
         self._dtype = _DTYPES[precision]
-        self._scaler = (
-            torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
-        )
+        self._scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
 
     def setup(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)

@@ -22,9 +22,9 @@ from .activations import ACTIVATIONS, make_activation
 from .cnn import CNN, CNNConfig
 from .encoder import EncoderClassifier, EncoderClassifierConfig
 from .gpt import GPT, GPTConfig
-from .rnn import RNNLM, RNNClassifier, RNNClassifierConfig, RNNLMConfig
 from .linear import Linear, LinearConfig
 from .mlp import MLP, MLPConfig
+from .rnn import RNNLM, RNNClassifier, RNNClassifierConfig, RNNLMConfig
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
 MODELS.add("mlp", MLP)

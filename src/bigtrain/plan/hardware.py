@@ -21,8 +21,9 @@ def _key(dtype: torch.dtype, device: str) -> str:
     return f"{name}|{dtype}|torch{torch.__version__}"
 
 
-def measure_peak_flops(dtype: torch.dtype = torch.float32, device: str = "cpu",
-                       size: int = 512, seconds: float = 0.3) -> float:
+def measure_peak_flops(
+    dtype: torch.dtype = torch.float32, device: str = "cpu", size: int = 512, seconds: float = 0.3
+) -> float:
     """FLOP/s of repeated square matmuls (best of several timed rounds)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)

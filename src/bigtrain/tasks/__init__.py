@@ -14,4 +14,10 @@ TASKS.add("binary", BinaryClassificationTask)
 TASKS.add("regression", RegressionTask)
 TASKS.add("language_model", LanguageModelTask)
 
-__all__ = ["TASKS", "LanguageModelTask", "BinaryClassificationTask", "ClassificationTask", "RegressionTask"]
+__all__ = [
+    "TASKS",
+    "LanguageModelTask",
+    "BinaryClassificationTask",
+    "ClassificationTask",
+    "RegressionTask",
+]

@@ -10,14 +10,19 @@ from torch import nn
 from bigtrain.core.task import StepOutput, Task
 from bigtrain.errors import ConfigError, DataError, did_you_mean
 
-
 # evaluated every epoch while training: the cheap ones (AUROC and the confusion matrix cost
 # ~3 ms per evaluation, as much as 3 training steps of a small MLP); the final test gets all
 _LIGHT = ("accuracy", "f1", "mse", "mae", "r2")
 
 
-def _collection(available: dict, names: list[str] | None, defaults: list[str], task: str,
-                light: bool = False, monitor: str = ""):
+def _collection(
+    available: dict,
+    names: list[str] | None,
+    defaults: list[str],
+    task: str,
+    light: bool = False,
+    monitor: str = "",
+):
     if names is None:
         names = [n for n in defaults if n in _LIGHT or n == monitor] if light else defaults
     chosen = {}
@@ -58,14 +63,17 @@ class ClassificationTask(Task):
         available = {
             "accuracy": lambda: torchmetrics.Accuracy("multiclass", num_classes=c),
             "f1": lambda: torchmetrics.F1Score("multiclass", num_classes=c, average="macro"),
-            "precision": lambda: torchmetrics.Precision("multiclass", num_classes=c, average="macro"),
+            "precision": lambda: torchmetrics.Precision(
+                "multiclass", num_classes=c, average="macro"
+            ),
             "recall": lambda: torchmetrics.Recall("multiclass", num_classes=c, average="macro"),
             "auroc": lambda: torchmetrics.AUROC("multiclass", num_classes=c),
             "confusion_matrix": lambda: torchmetrics.ConfusionMatrix("multiclass", num_classes=c),
         }
         defaults = ["accuracy", "f1", "precision", "recall", "auroc", "confusion_matrix"]
-        return _collection(available, self.metric_names, defaults, "classification", light,
-                           self.monitor)
+        return _collection(
+            available, self.metric_names, defaults, "classification", light, self.monitor
+        )
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(x).float(), dim=-1)
@@ -116,8 +124,9 @@ class BinaryClassificationTask(Task):
             "confusion_matrix": lambda: torchmetrics.ConfusionMatrix("binary"),
         }
         defaults = ["accuracy", "f1", "precision", "recall", "auroc", "confusion_matrix"]
-        return _collection(available, self.metric_names, defaults, "binary classification",
-                           light, self.monitor)
+        return _collection(
+            available, self.metric_names, defaults, "binary classification", light, self.monitor
+        )
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(model(x).float().squeeze(-1))
@@ -162,8 +171,9 @@ class RegressionTask(Task):
             "mae": torchmetrics.MeanAbsoluteError,
             "r2": torchmetrics.R2Score,
         }
-        return _collection(available, self.metric_names, ["mse", "mae", "r2"], "regression",
-                           light, self.monitor)
+        return _collection(
+            available, self.metric_names, ["mse", "mae", "r2"], "regression", light, self.monitor
+        )
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = model(x).float()
@@ -175,4 +185,6 @@ class RegressionTask(Task):
             out = model(x[:2])
         width = 1 if y.ndim == 1 else y.shape[-1]
         if out.shape[-1] != width:
-            raise DataError(f"model outputs {out.shape[-1]} values per example, targets have {width}")
+            raise DataError(
+                f"model outputs {out.shape[-1]} values per example, targets have {width}"
+            )
