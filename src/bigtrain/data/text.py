@@ -180,7 +180,7 @@ def _hf():
     except ImportError:
         raise DataError(
             "the BPE tokenizer needs the package 'tokenizers': "
-            "run `pip install tokenizers` (or `pip install bigtrain[text]`)"
+            "run `pip install tokenizers`"
         ) from None
     return tokenizers
 
