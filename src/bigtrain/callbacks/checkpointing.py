@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import _remove_duplicate_names, save_file
 
 from bigtrain.core.callback import Callback
+from bigtrain.core.checkpoint import replace_folder
 from bigtrain.core.state import TrainState
 
 
@@ -100,13 +101,7 @@ class Checkpointer(Callback):
         (tmp / "best.json").write_text(
             json.dumps({"metric": self.monitor, "value": self.best, "step": self.best_step})
         )
-        if best.exists():
-            old = self.dir / f".best.old-{os.getpid()}"
-            os.replace(best, old)
-            os.replace(tmp, best)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, best)
+        replace_folder(tmp, best)
         self.best_written_step = self.best_step
 
     def prune(self) -> None:

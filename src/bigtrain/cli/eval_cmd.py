@@ -32,18 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """(components, checkpoint path) of a finished or interrupted run folder."""
+def run_config(run_dir: str | Path):
+    """The validated RunConfig saved in a run folder's config.yaml (progress bar off)."""
     import yaml
 
-    from bigtrain.build import build
-    from bigtrain.callbacks.checkpointing import best_weights
     from bigtrain.config.loader import validate
-    from bigtrain.core.checkpoint import load_weights
     from bigtrain.errors import CheckpointError
 
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
+    cfg_file = Path(run_dir) / "config.yaml"
     if not cfg_file.is_file():
         raise CheckpointError(f"{run_dir} is not a bigtrain run folder (no config.yaml)")
     try:
@@ -51,8 +47,17 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"):
     except yaml.YAMLError:
         raise CheckpointError(f"{cfg_file} is corrupt") from None
     cfg = validate(raw, source=str(cfg_file))
-    cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"progress": False})})
-    built = build(cfg, run_dir=None, quiet=True)
+    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"progress": False})})
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best"):
+    """(components, checkpoint path) of a finished or interrupted run folder."""
+    from bigtrain.build import build
+    from bigtrain.callbacks.checkpointing import best_weights
+    from bigtrain.core.checkpoint import load_weights
+    from bigtrain.errors import CheckpointError
+
+    built = build(run_config(run_dir), run_dir=None, quiet=True)
     path = best_weights(run_dir, checkpoint)
     if path is None:
         raise CheckpointError(f"{run_dir} has no checkpoint to evaluate")

@@ -29,10 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     """(model in eval mode, tokenizer) of a language-model run folder, without loading its data."""
-    import yaml
-
     from bigtrain.callbacks.checkpointing import best_weights
-    from bigtrain.config.loader import validate
+    from bigtrain.cli.eval_cmd import run_config
     from bigtrain.core.checkpoint import load_weights
     from bigtrain.data.text import load_tokenizer
     from bigtrain.errors import CheckpointError, ConfigError
@@ -40,10 +38,7 @@ def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     from bigtrain.models import build_model
 
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{run_dir} is not a bigtrain run folder (no config.yaml)")
-    cfg = validate(yaml.safe_load(cfg_file.read_text()), source=str(cfg_file))
+    cfg = run_config(run_dir)
     name = cfg.model["name"]
     if name not in LANGUAGE_MODELS:
         raise ConfigError(f"{run_dir} trained a '{name}' model, not a language model")

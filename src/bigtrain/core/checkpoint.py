@@ -102,6 +102,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def replace_folder(tmp: Path, path: Path) -> None:
+    """Move the finished folder ``tmp`` to ``path``, replacing a folder already there.
+
+    The old folder is renamed aside first (a directory cannot be renamed onto a non-empty one),
+    so at every moment ``path`` is either the complete old folder or the complete new one.
+    """
+    if path.exists():
+        trash = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.replace(path, trash)
+        os.replace(tmp, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, Any]) -> Path:
     """Write ``model`` weights and the nested ``state`` dict atomically into folder ``path``."""
     path = Path(path)
@@ -117,14 +133,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, A
         for name in ("model.safetensors", "state.safetensors", "trainer.json"):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
-        if path.exists():  # replacing a checkpoint of the same name: move the old one aside first
-            trash = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -179,8 +179,7 @@ def _hf():
         import tokenizers
     except ImportError:
         raise DataError(
-            "the BPE tokenizer needs the package 'tokenizers': "
-            "run `pip install tokenizers`"
+            "the BPE tokenizer needs the package 'tokenizers': run `pip install tokenizers`"
         ) from None
     return tokenizers
 
