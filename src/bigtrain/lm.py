@@ -133,11 +133,11 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
 
 
 def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = False) -> Components:
-    """Shakespeare genre passages -> char tokens (pad = an extra id) -> encoder classifier."""
+    """Shakespeare genre passages -> char or BPE tokens (pad = an extra id) -> classifier."""
     from bigtrain.build import eval_batches
     from bigtrain.data import InMemoryLoader
     from bigtrain.data.tables import DataBundle, Split
-    from bigtrain.data.text import CharTokenizer
+    from bigtrain.data.text import train_tokenizer
     from bigtrain.data.text_classification import encode_for_classification, genre_passages
 
     seed_everything(cfg.seed)
@@ -146,13 +146,15 @@ def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fa
     kw = dict(lines_per_passage=d.lines_per_passage, seed=cfg.seed, max_per_class=d.max_per_class)
     train_texts, train_y, classes = genre_passages(split="train", **kw)
     test_texts, test_y, _ = genre_passages(split="test", **kw)
-    tokenizer = CharTokenizer.train(train_texts)
-    pad = tokenizer.vocab_size  # an id no character uses
-    known = set(tokenizer.to_dict().get("chars", ""))
+    # the tokenizer is trained on the training passages only (no peeking at test plays)
+    tokenizer = train_tokenizer(d.tokenizer, train_texts, d.vocab_size)
+    pad = tokenizer.vocab_size  # an id no token uses
+    known = set(getattr(tokenizer, "chars", ()))
 
     def encode(texts: list[str]) -> torch.Tensor:
-        cleaned = ["".join(c for c in t if c in known) for t in texts]  # unseen chars dropped
-        return encode_for_classification(cleaned, tokenizer, block, pad_id=pad)
+        if known:  # char tokenizer: characters unseen in training are dropped
+            texts = ["".join(c for c in t if c in known) for t in texts]
+        return encode_for_classification(texts, tokenizer, block, pad_id=pad)
 
     x, y = encode(train_texts), torch.tensor(train_y)
     n_val = max(1, int(len(x) * d.val_fraction))
