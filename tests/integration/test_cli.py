@@ -65,6 +65,15 @@ def test_predict_csv(capsys, tmp_path, trained):
     assert code == 2 and "does not exist" in err
 
 
+def test_report_command_rewrites_the_page(capsys, tmp_path, trained):
+    run_dir, _ = trained
+    out = tmp_path / "again.html"
+    code, stdout, _ = run_cli(capsys, "report", str(run_dir), "--out", str(out))
+    assert code == 0 and out.read_text().count("data:image/png;base64,") >= 3
+    code, _, err = run_cli(capsys, "report", str(tmp_path / "nothing"))
+    assert code == 2 and err.count("\n") == 1
+
+
 def test_cv_prints_mean_and_std(capsys):
     code, out, _ = run_cli(capsys, "cv", "iris-mlp", "--folds", "3", "--json", *FAST)
     assert code == 0

@@ -8,7 +8,15 @@ import importlib
 import sys
 
 # module names under bigtrain.cli, imported lazily so `bigtrain --help` stays fast
-COMMAND_MODULES = ["train_cmd", "eval_cmd", "recipes_cmd", "optim_cmd", "data_cmd", "generate_cmd"]
+COMMAND_MODULES = [
+    "train_cmd",
+    "eval_cmd",
+    "recipes_cmd",
+    "optim_cmd",
+    "data_cmd",
+    "generate_cmd",
+    "report_cmd",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
