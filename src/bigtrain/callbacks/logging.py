@@ -107,6 +107,7 @@ class MetricsLogger(Callback):
         }
         if self.flops_per_unit and self.peak_flops:
             record["mfu"] = round(rate * self.flops_per_unit / self.peak_flops, 4)
+            state.extra["mfu"] = record["mfu"]
         if state.grad_norm is not None:
             record["grad_norm"] = float(state.grad_norm)
         for k, v in (state.output.extras if state.output else {}).items():

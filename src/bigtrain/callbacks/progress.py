@@ -62,6 +62,8 @@ class ProgressBar(Callback):
         if "throughput" in state.extra:
             unit = "tok/s" if state.extra.get("counts_tokens") else "ex/s"
             parts.append(f"{state.extra['throughput']:,.0f} {unit}")
+        if "mfu" in state.extra:
+            parts.append(f"MFU {state.extra['mfu']:.1%}")
         return " | ".join(parts)
 
     def on_after_step(self, state: TrainState) -> None:
