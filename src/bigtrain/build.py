@@ -172,7 +172,10 @@ def _assemble(
         build_batch_size_schedule(cfg.batch_size_schedule) if cfg.batch_size_schedule else None
     )
     monitor = tr.monitor or (f"val/{task.monitor}" if val_batches is not None else "val/loss")
-    mode = tr.monitor_mode or (task.monitor_mode if monitor == f"val/{task.monitor}" else "min")
+    mode = tr.monitor_mode or monitor_mode_for(monitor)
+    if tr.monitor and tr.monitor.startswith("val/"):
+        inner = getattr(task, "task", task)  # PenalizedTask wraps the task that owns the metrics
+        inner.monitor = tr.monitor.split("/", 1)[1]  # computed in every periodic evaluation
     callbacks: dict[str, Any] = {f"extra{i}": cb for i, cb in enumerate(first_callbacks or [])}
     callbacks |= {
         "health": HealthCheck(
@@ -225,6 +228,14 @@ def _assemble(
     )
     trainer.state.extra["monitor"] = (monitor, mode)
     return Components(cfg, model, task, trainer, data, callbacks)
+
+
+_HIGHER_IS_BETTER = {"accuracy", "f1", "precision", "recall", "auroc", "r2"}
+
+
+def monitor_mode_for(metric: str) -> str:
+    """``max`` for scores (accuracy, F1, AUROC, R²...), ``min`` for losses and errors."""
+    return "max" if metric.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER else "min"
 
 
 def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:

@@ -223,3 +223,21 @@ def test_main_job_runs_as_a_module(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "report:" in out.stdout and "accuracy" in out.stdout
+
+
+def test_monitor_a_metric_the_light_evaluation_would_skip(tmp_path):
+    run = build_run(
+        "digits-mlp",
+        [
+            "trainer.monitor=val/auroc",
+            "trainer.max_epochs=3",
+            "trainer.progress=false",
+            "trainer.tensorboard=false",
+        ],
+        run_dir=tmp_path / "r",
+        quiet=True,
+    )
+    best = run.fit()["best"]
+    history = run.trainer.state.history
+    assert best["metric"] == "val/auroc" and all("val/auroc" in h for h in history)
+    assert best["value"] == max(h["val/auroc"] for h in history)  # higher is better
