@@ -219,7 +219,9 @@ def linear(cfg: DataConfig) -> Loaded:
 
     Defaults: 100 points, slope 3, intercept 4, noise 0.5, drawn with a fixed seed.
     """
-    rng = np.random.default_rng(0)
+    # A spawned stream: default_rng(0) itself would be the stream the split draws from with
+    # split_seed 0, and the split's random order would then sort the examples by x.
+    rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=(1,)))
     n = cfg.n_samples or 100
     slope = 3.0 if cfg.slope is None else cfg.slope
     intercept = 4.0 if cfg.intercept is None else cfg.intercept
