@@ -16,7 +16,7 @@ from bigtrain.core.events import Event
 from bigtrain.core.state import BatchSource, TrainState
 from bigtrain.core.strategy import SingleDevice, Strategy
 from bigtrain.core.task import Task
-from bigtrain.errors import CheckpointError, ConfigError
+from bigtrain.errors import CheckpointError, ConfigError, TrainingError
 
 
 def split_batch(batch: Any, parts: int) -> list[tuple[Any, float]]:
@@ -116,6 +116,7 @@ class Trainer:
         s.model.train()
         if self.batch_size_schedule is not None:
             s.train_data.batch_size = self.batch_size_schedule(s.step)
+        empty_epochs = 0
         while not (self._limit_reached() or s.should_stop):
             ran_batches = False
             for batch in s.train_data:
@@ -135,10 +136,14 @@ class Trainer:
             else:
                 s.epoch += 1
                 if ran_batches:
+                    empty_epochs = 0
                     if not self.eval_every:
                         self.run_evaluation()
                     fire(Event.EPOCH_END, s)
-                continue
+                else:  # one empty epoch is normal after resuming at an epoch's end; two are not
+                    empty_epochs += 1
+                    if empty_epochs > 1:
+                        raise TrainingError("the training data yields no batches")
         if s.val_data is not None and (not s.history or s.history[-1]["step"] != s.step):
             self.run_evaluation()  # the final weights are always evaluated
         if self._limit_reached() and not s.stop_reason:
