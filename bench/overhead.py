@@ -94,6 +94,78 @@ def plain_run(recipe, steps):
     )
 
 
+class _Batches:
+    """The plain loop's batch order as an iterable Lightning accepts (no DataLoader overhead)."""
+
+    def __init__(self, x, y, batch_size, seed):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self):
+        perm = torch.randperm(len(self.x), generator=self.gen)
+        for i in range(0, len(self.x), self.batch_size):
+            idx = perm[i : i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def lightning_run(recipe, steps, lean):
+    """The same model, optimizer and batches in Lightning's Trainer (a peer), if installed."""
+    import lightning as L
+
+    cfg = load_recipe(recipe, ["trainer.progress=false"])
+    built = build(cfg, run_dir=None, quiet=True)
+    torch.manual_seed(cfg.seed)
+    net = type(built.model).from_config(
+        _model_cfg(cfg), built.data.input_shape, built.data.num_outputs
+    )
+    lr, wd = cfg.optim.lr, cfg.optim.weight_decay
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            groups = [
+                {"params": [p for p in self.parameters() if p.dim() >= 2], "weight_decay": wd},
+                {"params": [p for p in self.parameters() if p.dim() < 2], "weight_decay": 0.0},
+            ]
+            return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+    tmp = tempfile.mkdtemp()
+    options = (
+        dict(
+            enable_progress_bar=False,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
+        if lean
+        else {}
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp,
+        num_sanity_val_steps=0,
+        **options,
+    )
+    tr = built.data.train
+    t0 = time.perf_counter()
+    trainer.fit(Module(), train_dataloaders=_Batches(tr.x, tr.y, cfg.data.batch_size, cfg.seed))
+    rate = steps / (time.perf_counter() - t0)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return rate
+
+
 def _model_cfg(cfg):
     from bigtrain.models import validate_model_config
 
@@ -115,13 +187,31 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {args.threads} threads, {args.reps} reps x {args.steps} steps"
     )
+    try:
+        import logging
+
+        import lightning
+
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        print(f"peer: lightning {lightning.__version__}")
+        peer = True
+    except ImportError:
+        print("peer: lightning not installed (pip install lightning): its rows are skipped")
+        peer = False
     for recipe in args.recipes.split(","):
         plain_run(recipe, 50), bigtrain_run(recipe, 50, False)  # warm up allocators and caches
         rates = {"plain": [], "bigtrain loop": [], "bigtrain defaults": []}
-        for _ in range(args.reps):  # alternate so that machine noise hits all three alike
+        if peer:
+            rates |= {"lightning lean": [], "lightning defaults": []}
+            lightning_run(recipe, 20, True)
+        for _ in range(args.reps):  # alternate so that machine noise hits every case alike
             rates["plain"].append(plain_run(recipe, args.steps))
             rates["bigtrain loop"].append(bigtrain_run(recipe, args.steps, False))
             rates["bigtrain defaults"].append(bigtrain_run(recipe, args.steps, True))
+            if peer:
+                rates["lightning lean"].append(lightning_run(recipe, args.steps, True))
+                rates["lightning defaults"].append(lightning_run(recipe, args.steps, False))
         med = {k: statistics.median(v) for k, v in rates.items()}
         print(f"\n{recipe}: median steps/s over {args.reps} reps")
         for k, v in med.items():

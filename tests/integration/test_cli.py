@@ -246,9 +246,17 @@ def test_monitor_a_metric_the_light_evaluation_would_skip(tmp_path):
 @pytest.mark.parametrize("batch, steps_per_epoch", [(1, 90), (16, 6), ("full", 1)])
 def test_stochastic_minibatch_and_full_batch_by_configuration(tmp_path, batch, steps_per_epoch):
     # iris: 150 flowers, 20% validation, 20% test -> 90 training examples
-    run = build_run("iris-mlp", [f"data.batch_size={batch}", "trainer.max_epochs=2",
-                                 "trainer.progress=false", "trainer.tensorboard=false"],
-                    run_dir=tmp_path / "r", quiet=True)
+    run = build_run(
+        "iris-mlp",
+        [
+            f"data.batch_size={batch}",
+            "trainer.max_epochs=2",
+            "trainer.progress=false",
+            "trainer.tensorboard=false",
+        ],
+        run_dir=tmp_path / "r",
+        quiet=True,
+    )
     assert run.fit()["steps"] == 2 * steps_per_epoch
 
 
@@ -261,10 +269,19 @@ def test_batch_size_ramp_grows_the_batches(tmp_path):
         def on_batch_start(self, state):
             sizes.append(state.batch[0].shape[0])
 
-    run = build_run("digits-mlp", ["trainer.max_epochs=null", "trainer.max_steps=12",
-                                   "batch_size_schedule={name: linear_ramp, start: 16, end: 64, "
-                                   "ramp_steps: 8, multiple_of: 16}", "trainer.progress=false",
-                                   "trainer.tensorboard=false"], run_dir=tmp_path / "r", quiet=True)
+    run = build_run(
+        "digits-mlp",
+        [
+            "trainer.max_epochs=null",
+            "trainer.max_steps=12",
+            "batch_size_schedule={name: linear_ramp, start: 16, end: 64, "
+            "ramp_steps: 8, multiple_of: 16}",
+            "trainer.progress=false",
+            "trainer.tensorboard=false",
+        ],
+        run_dir=tmp_path / "r",
+        quiet=True,
+    )
     trainer = run.trainer
     trainer.callbacks = CallbackList([*trainer.callbacks.callbacks, Sizes()])
     run.fit()

@@ -44,10 +44,15 @@ def test_linear_regression_textbook(tmp_path):
     x, y = data.train.x.numpy().ravel(), data.train.y.numpy().ravel()
     ols_slope, ols_intercept = np.polyfit(x, y, 1)
     assert len(x) == 100 and abs(ols_slope - 3) < 0.5 and abs(ols_intercept - 2) < 0.3
-    fast = build_run("linear-regression-gd", ["optim.lr=0.5", "trainer.tensorboard=false"],
-                     run_dir=tmp_path / "fast", quiet=True).fit()["notes"]
-    slow = build_run("linear-regression-gd", ["trainer.tensorboard=false"],
-                     run_dir=tmp_path / "slow", quiet=True).fit()["notes"]
+    fast = build_run(
+        "linear-regression-gd",
+        ["optim.lr=0.5", "trainer.tensorboard=false"],
+        run_dir=tmp_path / "fast",
+        quiet=True,
+    ).fit()["notes"]
+    slow = build_run(
+        "linear-regression-gd", ["trainer.tensorboard=false"], run_dir=tmp_path / "slow", quiet=True
+    ).fit()["notes"]
     assert fast["slope"] == pytest.approx(ols_slope, abs=1e-3)
     assert fast["intercept"] == pytest.approx(ols_intercept, abs=1e-3)
     assert abs(slow["slope"] - ols_slope) > 0.5  # measured: 1.97 after 1000 steps at lr 0.01
