@@ -286,3 +286,14 @@ def test_batch_size_ramp_grows_the_batches(tmp_path):
     trainer.callbacks = CallbackList([*trainer.callbacks.callbacks, Sizes()])
     run.fit()
     assert sizes[0] == 16 and sizes[-1] == 64 and sizes == sorted(sizes)
+
+
+def test_predict_headerless_csv_keeps_every_row(capsys, tmp_path, trained):
+    from sklearn.datasets import load_iris
+
+    run_dir, _ = trained
+    csv = tmp_path / "rows.csv"
+    np.savetxt(csv, load_iris().data[:4], delimiter=",")  # no header line
+    code, out, err = run_cli(capsys, "predict", str(run_dir), str(csv))
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 5  # header + 4 predictions

@@ -111,11 +111,19 @@ def _read_inputs(path: Path, feature_names: list[str] | None, width: int):
             return np.asarray(z[key], dtype=np.float32), None
     import pandas as pd
 
+    headerless = False
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, header=None)
+            # a header row has names in it; a headerless file starts with a row of numbers
+            headerless = bool(pd.to_numeric(frame.iloc[0], errors="coerce").notna().all())
+            if not headerless:
+                frame = pd.read_csv(path)
     except Exception as e:  # pandas raises many types for malformed files
         raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-    if feature_names:
+    if feature_names and not headerless:  # named columns: pick them by name, in training order
         missing = [c for c in feature_names if c not in frame.columns]
         if missing:
             raise DataError(f"{path} lacks feature column '{missing[0]}' the model was trained on")
