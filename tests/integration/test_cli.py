@@ -297,3 +297,25 @@ def test_predict_headerless_csv_keeps_every_row(capsys, tmp_path, trained):
     code, out, err = run_cli(capsys, "predict", str(run_dir), str(csv))
     assert code == 0, err
     assert len(out.strip().splitlines()) == 5  # header + 4 predictions
+
+
+def test_user_csv_with_string_labels_train_then_predict(capsys, tmp_path):
+    from sklearn.datasets import load_iris
+
+    iris = load_iris(as_frame=True)
+    frame = iris.frame.rename(columns={"target": "species"})
+    frame["species"] = frame["species"].map(dict(enumerate(iris.target_names)))
+    csv = tmp_path / "flowers.csv"
+    frame.to_csv(csv, index=False)
+    code, out, err = run_cli(capsys, "train", "iris-mlp", "data.name=csv", f"data.path={csv}",
+                             "data.target=species", "--run-dir", str(tmp_path / "r"), "--json",
+                             *FAST[1:], "trainer.max_epochs=30")
+    assert code == 0, err
+    assert json.loads(out)["test"]["accuracy"] > 0.8
+    new = tmp_path / "new.csv"
+    frame.drop(columns="species").iloc[[0, 75, 149]].to_csv(new, index=False)
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "r"), str(new))
+    assert code == 0, err
+    rows = out.strip().splitlines()
+    assert rows[0] == "prediction,p_setosa,p_versicolor,p_virginica"
+    assert rows[1].startswith("setosa,")
