@@ -234,3 +234,20 @@ def test_exploding_gradient_is_named():
     hc = HealthCheck(check_every=1, exploding_above=1e-6, report=messages.append)
     make(max_steps=2, callbacks=[hc]).fit()
     assert any("exploding gradient: 0.weight" in m for m in messages)
+
+
+def test_vanishing_gradient_in_a_deep_sigmoid_net_is_named():
+    from bigtrain.callbacks.health import HealthCheck
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(12):  # sigmoid' <= 0.25: the gradient shrinks layer by layer
+        layers += [nn.Linear(8, 8), nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(8, 3))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    messages = []
+    hc = HealthCheck(check_every=1, vanishing_below=1e-6, report=messages.append)
+    Trainer(model, CE(), torch.optim.SGD(model.parameters(), lr=0.1), TinyLoader(x, y, 32),
+            max_steps=1, callbacks=[hc]).fit()
+    assert any("vanishing gradient: 0.weight" in m for m in messages), messages
+    assert not any("22.weight" in m for m in messages)  # the last layer still learns
