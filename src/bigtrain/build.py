@@ -18,7 +18,7 @@ from torch import nn
 
 from bigtrain.callbacks import Checkpointer, EarlyStopping, HealthCheck, MetricsLogger, ProgressBar
 from bigtrain.config.schema import RunConfig
-from bigtrain.core.loop import Trainer
+from bigtrain.core.loop import Trainer, planned_steps
 from bigtrain.core.strategy import SingleDevice
 from bigtrain.core.task import Task
 from bigtrain.errors import ConfigError
@@ -154,6 +154,10 @@ def _assemble(
     device = resolve_device(tr.device)
     strategy = SingleDevice(device, resolve_precision(tr.precision, device))
     model = strategy.setup(model)
+    if tr.monitor and tr.monitor.startswith("val/"):
+        # the recipe's monitored metric becomes the task's: every periodic evaluation computes
+        # it and reduce-on-plateau observes it (set before a wrapper copies it)
+        task.monitor = tr.monitor.split("/", 1)[1]
     if cfg.regularization.l1 or cfg.regularization.l2:
         params = penalty_params(model, cfg.regularization.apply_to)
         task = PenalizedTask(task, params, cfg.regularization.l1, cfg.regularization.l2)
@@ -173,9 +177,6 @@ def _assemble(
     )
     monitor = tr.monitor or (f"val/{task.monitor}" if val_batches is not None else "val/loss")
     mode = tr.monitor_mode or monitor_mode_for(monitor)
-    if tr.monitor and tr.monitor.startswith("val/"):
-        inner = getattr(task, "task", task)  # PenalizedTask wraps the task that owns the metrics
-        inner.monitor = tr.monitor.split("/", 1)[1]  # computed in every periodic evaluation
     callbacks: dict[str, Any] = {f"extra{i}": cb for i, cb in enumerate(first_callbacks or [])}
     callbacks |= {
         "health": HealthCheck(
@@ -239,11 +240,8 @@ def monitor_mode_for(metric: str) -> str:
 
 
 def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
-    """Optimizer steps the run will take: max_steps, max_epochs * steps_per_epoch, or the min."""
-    tr = cfg.trainer
-    if tr.max_steps and tr.max_epochs:
-        return min(tr.max_steps, tr.max_epochs * steps_per_epoch)
-    return tr.max_steps or tr.max_epochs * steps_per_epoch
+    """Optimizer steps the recipe's run will take (the same rule the Trainer applies)."""
+    return planned_steps(cfg.trainer.max_steps, cfg.trainer.max_epochs, steps_per_epoch)
 
 
 def _stderr_printer(quiet: bool):

@@ -307,9 +307,19 @@ def test_user_csv_with_string_labels_train_then_predict(capsys, tmp_path):
     frame["species"] = frame["species"].map(dict(enumerate(iris.target_names)))
     csv = tmp_path / "flowers.csv"
     frame.to_csv(csv, index=False)
-    code, out, err = run_cli(capsys, "train", "iris-mlp", "data.name=csv", f"data.path={csv}",
-                             "data.target=species", "--run-dir", str(tmp_path / "r"), "--json",
-                             *FAST[1:], "trainer.max_epochs=30")
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "iris-mlp",
+        "data.name=csv",
+        f"data.path={csv}",
+        "data.target=species",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--json",
+        *FAST[1:],
+        "trainer.max_epochs=30",
+    )
     assert code == 0, err
     assert json.loads(out)["test"]["accuracy"] > 0.8
     new = tmp_path / "new.csv"

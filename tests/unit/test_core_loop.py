@@ -247,7 +247,13 @@ def test_vanishing_gradient_in_a_deep_sigmoid_net_is_named():
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
     messages = []
     hc = HealthCheck(check_every=1, vanishing_below=1e-6, report=messages.append)
-    Trainer(model, CE(), torch.optim.SGD(model.parameters(), lr=0.1), TinyLoader(x, y, 32),
-            max_steps=1, callbacks=[hc]).fit()
+    Trainer(
+        model,
+        CE(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        TinyLoader(x, y, 32),
+        max_steps=1,
+        callbacks=[hc],
+    ).fit()
     assert any("vanishing gradient: 0.weight" in m for m in messages), messages
     assert not any("22.weight" in m for m in messages)  # the last layer still learns

@@ -44,6 +44,13 @@ def split_batch(batch: Any, parts: int) -> list[tuple[Any, float]]:
     return out
 
 
+def planned_steps(max_steps: int | None, max_epochs: int | None, steps_per_epoch: int) -> int:
+    """Optimizer steps a run will take: max_steps, max_epochs * steps_per_epoch, or the smaller."""
+    if max_steps is not None and max_epochs is not None:
+        return min(max_steps, max_epochs * steps_per_epoch)
+    return max_steps if max_steps is not None else max_epochs * steps_per_epoch
+
+
 class Trainer:
     """Trains ``model`` on ``train_data`` with ``task``'s loss.
 
@@ -80,10 +87,7 @@ class Trainer:
             raise ConfigError(f"trainer.grad_accum must be >= 1, got {grad_accum}")
         self.strategy = strategy or SingleDevice()
         model = self.strategy.setup(model)
-        steps_per_epoch = max(1, len(train_data))
-        total = max_steps if max_steps is not None else max_epochs * steps_per_epoch
-        if max_steps is not None and max_epochs is not None:
-            total = min(max_steps, max_epochs * steps_per_epoch)
+        total = planned_steps(max_steps, max_epochs, max(1, len(train_data)))
         self.step_limit, self.epoch_limit = max_steps, max_epochs
         self.state = TrainState(
             model=model,
