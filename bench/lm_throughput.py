@@ -23,7 +23,7 @@ import torch
 from bigtrain.build import build
 from bigtrain.config import load_recipe
 from bigtrain.core.callback import Callback
-from bigtrain.lm import prepared_folder
+from bigtrain.build import prepared_folder
 from bigtrain.plan import measured_peak_flops
 
 

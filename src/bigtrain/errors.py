@@ -22,6 +22,14 @@ class CheckpointError(BigtrainError):
     """A checkpoint or run folder is missing, corrupt, truncated or belongs to another run."""
 
 
+class RunFinishedError(CheckpointError):
+    """``--resume`` on a run that has already finished (nothing was changed)."""
+
+
+class RunLockedError(CheckpointError):
+    """Another process is using the run folder."""
+
+
 class TrainingError(BigtrainError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
 

@@ -1,37 +1,40 @@
 """A run folder: resolved recipe, metrics, checkpoints, summary and report, made safely.
 
-``build_run(recipe)`` checks the folder (never overwrites another run), builds the components
+``build_run(recipe)`` locks and checks the folder (never mixes two runs), builds the components
 and returns a Run; ``Run.fit()`` trains, tests the best checkpoint and writes summary + report.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bigtrain._io import atomic_write_text, describe_os_error, remove_stale_temporaries
 from bigtrain.build import Components, build
 from bigtrain.callbacks.checkpointing import best_weights, read_pointer
 from bigtrain.config import RunConfig, dump_config, load_recipe
 from bigtrain.core.checkpoint import load_weights
-from bigtrain.errors import BigtrainError, CheckpointError
+from bigtrain.errors import BigtrainError, CheckpointError, RunFinishedError, RunLockedError
 
 # keys that may differ when resuming (extending training, quieter output)
 _RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.max_epochs", "trainer.progress"}
+# what a run writes into its folder (removed when a run without a checkpoint starts over)
+_RUN_FILES = ("metrics.jsonl", "summary.json", "report.html", "tensorboard", "checkpoints")
+LOCK_NAME = ".lock"
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and os.replace (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically (kept for callers; see ``bigtrain._io``)."""
+    atomic_write_text(path, text)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,30 +58,93 @@ def default_run_dir(name: str, root: str | Path = "runs") -> Path:
     return path
 
 
-def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
-    """Refuse to mix two runs in one folder; on resume, the recipe must be the same."""
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The raw resolved config a run folder holds (its config.yaml)."""
     saved = run_dir / "config.yaml"
-    if not run_dir.exists():
-        if resume:
-            raise CheckpointError(f"cannot resume: run folder {run_dir} does not exist")
-        return
+    try:
+        data = yaml.safe_load(saved.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} is not a bigtrain run folder (no config.yaml)") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise CheckpointError(f"{saved} is corrupt; cannot resume this run") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{saved} is corrupt; cannot resume this run")
+    return data
+
+
+class RunLock:
+    """An OS lock (``flock``) on ``run_dir/.lock`` held for a run's life.
+
+    A second process asking for the same folder gets RunLockedError naming the holder's pid.
+    The lock goes away with the process however it ends (kill -9 included).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CheckpointError(f"cannot use {run_dir} as a run folder: {describe_os_error(e)}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise RunLockedError(
+                f"run folder {run_dir} is in use by process {holder}; wait for it to finish "
+                "or choose another --run-dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def _prepare_folder(run_dir: Path) -> bool:
+    """Create ``run_dir`` if needed (True when it was created); CheckpointError if unusable."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"--run-dir {run_dir} is a file, not a folder; choose another path")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create run folder {run_dir}: {describe_os_error(e)}") from None
+    return created
+
+
+def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, quiet: bool = False) -> bool:
+    """Refuse to mix two runs in one folder. Returns True when the run continues a checkpoint.
+
+    A folder whose run never wrote a checkpoint (killed early, stopped by a NaN) is started
+    over, with a notice; on resume the recipe must be the same as the saved one.
+    """
+    saved = run_dir / "config.yaml"
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
     if not saved.is_file():
-        if any(run_dir.iterdir()):
+        if any(not p.name.startswith(".") for p in entries):
             raise CheckpointError(
                 f"{run_dir} is not empty and is not a bigtrain run folder; choose another --run-dir"
             )
         if resume:
             raise CheckpointError(f"cannot resume: {run_dir} holds no run")
-        return
+        return False
+    latest = read_pointer(run_dir / "checkpoints" / "latest")
+    if latest is None or not latest.is_dir():
+        _say(quiet, f"note: {run_dir} holds a run that never wrote a checkpoint; starting it over")
+        for name in _RUN_FILES:
+            path = run_dir / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return False
     if not resume:
+        status = _saved_status(run_dir)
         raise CheckpointError(
-            f"run folder {run_dir} already holds a run; pass --resume to continue it "
+            f"run folder {run_dir} already holds a run{status}; pass --resume to continue it "
             "or choose another --run-dir"
         )
-    try:
-        old = _flat(yaml.safe_load(saved.read_text()) or {})
-    except yaml.YAMLError:
-        raise CheckpointError(f"{saved} is corrupt; cannot resume this run") from None
+    old = _flat(saved_config(run_dir))
     new = _flat(cfg.model_dump(mode="json"))
     changed = sorted(
         k
@@ -90,20 +156,46 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool) -> None:
             f"run folder {run_dir} holds a different run (changed: {', '.join(changed[:4])}); "
             "resume with the same recipe or choose another --run-dir"
         )
-    if read_pointer(run_dir / "checkpoints" / "latest") is None:
-        raise CheckpointError(f"cannot resume: {run_dir} has no checkpoint yet")
+    return True
+
+
+def _saved_status(run_dir: Path) -> str:
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" ({status})" if isinstance(status, str) else ""
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, file=sys.stderr)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become None (nested lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 class Run:
-    """A configured run bound to its folder. ``fit()`` trains and writes the results."""
+    """A configured run bound to its (locked) folder. ``fit()`` trains and writes the results."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, components: Components, resume: bool):
-        self.config, self.run_dir, self.components, self.resume = (
-            config,
-            run_dir,
-            components,
-            resume,
-        )
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        components: Components,
+        resume: bool,
+        lock: RunLock | None = None,
+    ):
+        self.config, self.run_dir, self.components, self.resume = config, run_dir, components, resume
+        self.lock = lock
 
     @property
     def trainer(self):
@@ -111,6 +203,16 @@ class Run:
 
     def fit(self) -> dict[str, Any]:
         """Train (or continue), then test the best checkpoint; returns the summary dict."""
+        try:
+            return self._fit()
+        except OSError as e:  # the run folder became unwritable (full disk, read-only)
+            raise CheckpointError(
+                f"cannot write to the run folder {self.run_dir}: {describe_os_error(e)}"
+            ) from None
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
         trainer = self.trainer
         resume_from = read_pointer(self.run_dir / "checkpoints" / "latest") if self.resume else None
         status = "completed"
@@ -118,6 +220,8 @@ class Run:
             state = trainer.fit(resume_from=resume_from)
             if state.stop_reason and state.stop_reason != "completed":
                 status = f"stopped: {state.stop_reason}"
+        except RunFinishedError:
+            raise  # nothing was changed: the finished run's summary stays as it is
         except BigtrainError as e:
             self.write_summary(f"failed: {e}", {})
             raise
@@ -128,13 +232,18 @@ class Run:
         test = self.test()
         return self.write_summary(status, test)
 
+    def close(self) -> None:
+        """Release the run folder's lock (also done by fit)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def best_checkpoint(self) -> Path | None:
         return best_weights(self.run_dir)
 
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the test split (val if there is no test split)."""
-        batches = self.components.extras.get("test_batches")
-        split = "test"
+        batches, split = self.components.test_batches, "test"
         if batches is None:
             batches, split = self.trainer.state.val_data, "val"
         if batches is None:
@@ -146,24 +255,24 @@ class Run:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             scalars = {k.split("/", 1)[1]: v for k, v in metrics.items() if isinstance(v, float)}
             s = self.trainer.state
-            f.write(json.dumps({"kind": split, "step": s.step, "epoch": s.epoch, **scalars}) + "\n")
+            record = {"kind": "test", "split": split, "step": s.step, "epoch": s.epoch, **scalars}
+            f.write(json.dumps(_finite(record)) + "\n")
         return metrics
 
     def write_summary(self, status: str, test: dict[str, Any]) -> dict[str, Any]:
         s = self.trainer.state
-        monitor, _mode = s.extra.get("monitor", ("val/loss", "min"))
         ckpt = self.components.callbacks.get("checkpointer")
         summary: dict[str, Any] = {
             "name": self.config.name,
             "status": status,
             "steps": s.step,
             "epochs": s.epoch,
-            "wall_time_s": round(float(s.extra.get("wall_time_s", 0.0)), 3),
+            "wall_time_s": round(float(s.wall_time_s), 3),
             "parameters": sum(p.numel() for p in s.model.parameters()),
             "best": {
-                "metric": monitor,
-                "value": getattr(ckpt, "best", None),
-                "step": getattr(ckpt, "best_step", None),
+                "metric": s.monitor,
+                "value": ckpt.best if ckpt is not None else None,
+                "step": ckpt.best_step if ckpt is not None else None,
             },
             "test": {k.split("/", 1)[1]: v for k, v in test.items() if not isinstance(v, list)},
             "test_split": next(iter(test), "test/").split("/", 1)[0] if test else None,
@@ -179,7 +288,8 @@ class Run:
         notes = self.notes()
         if notes:
             summary["notes"] = notes
-        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        summary = _finite(summary)
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         try:
             from bigtrain.report import write_report
 
@@ -190,32 +300,61 @@ class Run:
 
     def notes(self) -> dict[str, Any]:
         """Recipe-specific results worth showing (e.g. the fitted line of a 1-D linear model)."""
+        from bigtrain.models import Linear
+
         model = self.trainer.state.model
-        coefficients = getattr(model, "coefficients", None)
-        if coefficients is None:
+        if not isinstance(model, Linear):
             return {}
-        weight, bias = coefficients()
+        weight, bias = model.coefficients()
         if weight.numel() == 1 and bias is not None and bias.numel() == 1:
             return {"slope": round(float(weight), 4), "intercept": round(float(bias), 4)}
         return {}
 
 
 def build_run(
-    recipe: str | Path | RunConfig,
+    recipe: str | Path | RunConfig | None,
     overrides: list[str] | None = None,
     run_dir: str | Path | None = None,
     resume: bool = False,
     quiet: bool = False,
 ) -> Run:
-    """Load (if needed) and build a recipe into a Run whose folder is checked and prepared."""
+    """Load (if needed) and build a recipe into a Run whose folder is locked, checked and ready.
+
+    With ``resume`` and no recipe, the run folder's own resolved config is used.
+    """
+    if recipe is None:
+        if not (resume and run_dir is not None):
+            raise CheckpointError("name a recipe, or pass --resume with --run-dir")
+        from bigtrain.config.loader import apply_overrides, validate
+
+        saved = Path(run_dir) / "config.yaml"
+        if not saved.is_file():
+            raise CheckpointError(f"cannot resume: {run_dir} holds no run (no config.yaml)")
+        recipe = validate(
+            apply_overrides(saved_config(Path(run_dir)), list(overrides or [])), str(saved)
+        )
+        overrides = None
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe, overrides)
     if isinstance(recipe, RunConfig) and overrides:
         from bigtrain.config.loader import apply_overrides, validate
 
         cfg = validate(apply_overrides(cfg.model_dump(mode="json"), overrides))
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg.name)
-    check_run_dir(run_dir, cfg, resume)
-    components = build(cfg, run_dir, quiet=quiet)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", dump_config(cfg))
-    return Run(cfg, run_dir, components, resume)
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"cannot resume: {run_dir} holds no run")
+    created = _prepare_folder(run_dir)
+    lock = RunLock(run_dir)
+    try:
+        continues = check_run_dir(run_dir, cfg, resume, quiet)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temporaries(folder)  # left by a process killed while saving
+        components = build(cfg, run_dir, quiet=quiet)
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    except BaseException as e:
+        lock.release()
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing of this run was written
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write to {run_dir}: {describe_os_error(e)}") from None
+        raise
+    return Run(cfg, run_dir, components, continues, lock)

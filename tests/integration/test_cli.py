@@ -160,7 +160,7 @@ def test_truncated_checkpoint_is_one_line(capsys, tmp_path):
     for weights in (run_dir / "checkpoints").rglob("model.safetensors"):
         weights.write_bytes(weights.read_bytes()[:40])
     code, _, err = run_cli(capsys, "eval", str(run_dir))
-    assert code == 2 and "corrupt or truncated" in err and err.count("\n") == 1
+    assert code == 2 and "is corrupt" in err and err.count("\n") == 1
     assert latest.exists()
 
 

@@ -39,7 +39,7 @@ def manual_greedy(model: nn.Module, idx: torch.Tensor, n: int, window: int) -> t
     model.eval()
     with torch.no_grad():
         for _ in range(n):
-            logits, _ = model(idx[:, -window:])
+            logits = model(idx[:, -window:]).logits
             idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return idx
 

@@ -94,7 +94,7 @@ def test_no_information_flows_from_future_tokens(name):
 
     model.transformer.h[0].register_forward_pre_hook(grab)
     idx = torch.randint(0, V, (2, 10))
-    logits, _ = model(idx)
+    logits = model(idx).logits
     logits[:, 4].sum().backward()
     grad = captured["x"].grad  # (B, T, C)
     assert torch.all(grad[:, 5:] == 0)
@@ -105,7 +105,7 @@ def test_no_information_flows_from_future_tokens(name):
 def test_kv_cache_logits_equal_full_forward(name):
     model = make(**CONFIGS[name]).eval()
     idx = torch.randint(0, V, (3, 12))
-    full, _ = model(idx)
+    full = model(idx).logits
     cache = model.make_kv_cache(3)
     with torch.no_grad():
         parts = [model(idx[:, :5], kv_cache=cache)[0]]  # prefill
@@ -183,19 +183,20 @@ def test_loss_ignores_minus_one_and_adds_scaled_moe_aux_loss():
     model = make()
     idx, targets = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
     targets[0, :3] = -1
-    logits, loss = model(idx, targets)
+    out = model(idx, targets)
     keep = targets != -1
-    torch.testing.assert_close(loss, F.cross_entropy(logits[keep], targets[keep]))
-    assert model.last_aux_loss is None
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[keep], targets[keep]))
+    assert out.cross_entropy is out.loss and out.aux_loss is None and out.expert_counts is None
 
     moe = make(moe=MoEConfig(n_experts=4, aux_loss_coef=0.5))
-    logits, loss = moe(idx, targets)
-    ce = F.cross_entropy(logits[keep], targets[keep])
-    torch.testing.assert_close(loss, ce + 0.5 * moe.last_aux_loss)
-    loss.backward()
+    out = moe(idx, targets)
+    ce = F.cross_entropy(out.logits[keep], targets[keep])
+    torch.testing.assert_close(out.cross_entropy, ce)
+    torch.testing.assert_close(out.loss, ce + 0.5 * out.aux_loss)
+    out.loss.backward()
     assert moe.transformer.h[0].mlp.router.weight.grad.abs().sum() > 0
-    assert moe.last_expert_counts.shape == (4,)
-    assert int(moe.last_expert_counts.sum()) == 2 * 16 * 2  # layers * tokens * top_k
+    assert out.expert_counts.shape == (4,)
+    assert int(out.expert_counts.sum()) == 2 * 16 * 2  # layers * tokens * top_k
 
 
 @pytest.mark.parametrize("name", ["learned", "shared", "moe"])
@@ -206,7 +207,7 @@ def test_activation_checkpointing_gives_identical_loss_and_grads(name):
     losses = []
     for model in (plain, ckpt):
         torch.manual_seed(1)  # same dropout masks
-        _, loss = model(idx, targets)
+        loss = model(idx, targets).loss
         loss.backward()
         losses.append(loss)
     assert torch.equal(losses[0], losses[1])
@@ -221,7 +222,7 @@ def test_tiny_gpt_overfits_a_fixed_batch():
     x, y = data[:, :-1], data[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(120):
-        _, loss = model(x, y)
+        loss = model(x, y).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

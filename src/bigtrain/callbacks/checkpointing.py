@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,9 +13,20 @@ from typing import Any
 import torch
 from safetensors.torch import _remove_duplicate_names, save_file
 
+from bigtrain._io import atomic_write_text, replace_folder, temp_dir_beside
 from bigtrain.core.callback import Callback
-from bigtrain.core.checkpoint import replace_folder
+from bigtrain.core.checkpoint import file_sha256
 from bigtrain.core.state import TrainState
+from bigtrain.errors import CheckpointError
+
+
+def _weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's weights, each shared/tied tensor once (as safetensors saves)."""
+    weights = model.state_dict()
+    dropped = {n for names in _remove_duplicate_names(weights).values() for n in names}
+    return {
+        k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items() if k not in dropped
+    }
 
 
 def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -24,11 +35,12 @@ def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0)
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
+_STEP_NAME = re.compile(r"step-\d{7,}")
+
+
 def write_pointer(path: Path, target: str) -> None:
     """Atomically make the small text file ``path`` name ``target``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(target + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, target + "\n")
 
 
 def best_weights(run_dir: str | Path, which: str = "best") -> Path | None:
@@ -40,21 +52,44 @@ def best_weights(run_dir: str | Path, which: str = "best") -> Path | None:
 
 
 def read_pointer(path: Path) -> Path | None:
-    """The checkpoint folder a pointer file (``latest``/``best``) names, or None."""
+    """The checkpoint folder a pointer file (``latest``) names, or None when there is none.
+
+    A pointer must name a ``step-N`` folder beside it: anything else (a path that leads out of
+    the run folder, garbage) is refused with CheckpointError.
+    """
     if not path.is_file():
         return None
-    return path.parent / path.read_text().strip()
+    try:
+        name = path.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is unreadable; it should name a step-N folder") from None
+    if not _STEP_NAME.fullmatch(name):
+        raise CheckpointError(
+            f"{path} names {name[:60]!r}, not a step-N checkpoint folder beside it; refusing it"
+        )
+    return path.parent / name
+
+
+def checkpoint_names(folder: Path) -> list[str]:
+    """The ``step-N`` checkpoint folders in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if p.is_dir() and _STEP_NAME.fullmatch(p.name)]
+    return sorted(names, key=lambda n: int(n[5:]))
 
 
 class Checkpointer(Callback):
     """Full checkpoints for resuming, and the best weights for evaluation.
 
-    ``run_dir/checkpoints/step-N/`` (full state, newest ``keep`` kept; pointer file ``latest``)
-    is written every ``every`` steps if set, otherwise after an evaluation when at least
-    ``min_interval_s`` seconds passed since the last one, and always at the end of training.
-    The weights of the best evaluation by ``monitor`` are kept in memory when they improve and
-    written to ``checkpoints/best/`` (weights + ``best.json``) along with each full checkpoint,
-    so small models do not pay a disk write per epoch.
+    ``run_dir/checkpoints/step-N/`` (full state; pointer file ``latest``) is written at the end of
+    a step (after its evaluation, so a resumed run never skips one): every ``every`` steps if
+    set, otherwise after an evaluation when at least ``min_interval_s`` seconds passed since the
+    last one, and always at the end of training. The newest ``keep`` are kept while training;
+    at the end, rate-limited ones are removed, so a finished run's folder does not depend on
+    timing. The weights of the best evaluation by ``monitor`` are kept in memory when they
+    improve, written to ``checkpoints/best/`` (weights + ``best.json``) after each full
+    checkpoint, and carried inside the checkpoint when they are not its own weights, so a crash
+    at any moment loses no best weights.
     """
 
     def __init__(
@@ -72,78 +107,88 @@ class Checkpointer(Callback):
         self.best: float | None = None
         self.best_step: int | None = None
         self.best_written_step: int | None = None
-        self.saved: list[str] = []
         self._best_weights: dict[str, torch.Tensor] | None = None
+        self._saved_at: tuple[int, int] | None = None  # (step, evaluations) of the last save
+        self._saving_step: int | None = None
         self._last_save = time.monotonic()
 
     def on_fit_start(self, state: TrainState) -> None:
         self._last_save = time.monotonic()
+        if self._best_weights is None and self.best_step is not None and self.best_step == state.step:
+            self._best_weights = _weights_copy(state.model)  # resumed: best = current weights
 
     def save(self, state: TrainState) -> None:
-        name = f"step-{state.step:07d}"
-        if self.saved and self.saved[-1] == name:
-            return
-        self.saved.append(name)
-        state.trainer.save(self.dir / name)  # our state_dict (best, saved) goes in with it
-        write_pointer(self.dir / "latest", name)
+        key = (state.step, len(state.history))
+        if self._saved_at != key:  # a final evaluation after the last save is saved too
+            name = f"step-{state.step:07d}"
+            self._saving_step = state.step
+            state.trainer.save(self.dir / name)  # our state_dict (best) goes in with it
+            write_pointer(self.dir / "latest", name)
+            self._saved_at = key
+            self._last_save = time.monotonic()
+            self.prune(self.keep)
         self.write_best()
-        self.prune()
-        self._last_save = time.monotonic()
 
     def write_best(self) -> None:
         if self._best_weights is None or self.best_written_step == self.best_step:
             return
         best = self.dir / "best"
-        tmp = self.dir / f".best.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(self._best_weights, str(tmp / "model.safetensors"))
-        (tmp / "best.json").write_text(
-            json.dumps({"metric": self.monitor, "value": self.best, "step": self.best_step})
-        )
-        replace_folder(tmp, best)
+        tmp = temp_dir_beside(best)
+        try:
+            save_file(self._best_weights, str(tmp / "model.safetensors"))
+            meta = {
+                "metric": self.monitor,
+                "value": self.best,
+                "step": self.best_step,
+                "sha256": {"model.safetensors": file_sha256(tmp / "model.safetensors")},
+            }
+            atomic_write_text(tmp / "best.json", json.dumps(meta))
+            replace_folder(tmp, best)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self.best_written_step = self.best_step
 
-    def prune(self) -> None:
-        for name in self.saved[: -self.keep]:
-            shutil.rmtree(self.dir / name, ignore_errors=True)
-        self.saved = self.saved[-self.keep :]
+    def prune(self, keep: int, final: str | None = None) -> None:
+        names = checkpoint_names(self.dir)
+        if final is not None:  # the end of a run: keep what does not depend on timing
+            on_schedule = [n for n in names if self.every and int(n[5:]) % self.every == 0]
+            kept = {final, *[n for n in on_schedule if n != final][-(keep - 1) :]} if keep > 1 else {final}
+        else:
+            kept = set(names[-keep:])
+        for name in names:
+            if name not in kept:
+                shutil.rmtree(self.dir / name, ignore_errors=True)
 
-    def on_after_step(self, state: TrainState) -> None:
-        if self.every and state.step % self.every == 0:
+    def on_step_end(self, state: TrainState) -> None:
+        if self.every:
+            due = state.step % self.every == 0
+        else:
+            evaluated = bool(state.history) and state.history[-1]["step"] == state.step
+            due = evaluated and time.monotonic() - self._last_save >= self.min_interval_s
+        if due:
             self.save(state)
 
     def on_eval_end(self, state: TrainState) -> None:
         value = state.metrics.get(self.monitor)
         if isinstance(value, float) and _better(value, self.best, self.mode):
             self.best, self.best_step = value, state.step
-            weights = state.model.state_dict()
-            dropped = {n for names in _remove_duplicate_names(weights).values() for n in names}
-            self._best_weights = {
-                k: v.detach().to("cpu", copy=True).contiguous()
-                for k, v in weights.items()
-                if k not in dropped
-            }
-        if not self.every and time.monotonic() - self._last_save >= self.min_interval_s:
-            self.save(state)
+            self._best_weights = _weights_copy(state.model)
 
     def on_fit_end(self, state: TrainState) -> None:
         self.save(state)
+        self.prune(self.keep, final=f"step-{state.step:07d}")
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "best": self.best,
-            "best_step": self.best_step,
-            "saved": list(self.saved),
-            "best_written_step": self.best_written_step,
-        }
+        out: dict[str, Any] = {"best": self.best, "best_step": self.best_step}
+        if self._best_weights is not None and self.best_step != self._saving_step:
+            out["best_weights"] = self._best_weights  # not the checkpoint's own weights
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")
-        self.best_written_step = state.get("best_written_step")
-        self.saved = [n for n in state.get("saved", []) if (self.dir / n).is_dir()]
-
-
+        self._best_weights = state.get("best_weights")
+        self.best_written_step = None  # rewritten at the next save: it may predate a crash
 class EarlyStopping(Callback):
     """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` evaluations."""
 

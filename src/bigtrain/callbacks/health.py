@@ -15,9 +15,9 @@ class HealthCheck(Callback):
     """Runs after backward, before the optimizer step, so a NaN never reaches the weights.
 
     Every step: the loss must be finite (one scalar sync). Every ``check_every`` steps: per-layer
-    gradient norms (one foreach kernel), shared in ``state.extra["grad_norms"]`` for the logger;
-    layers whose gradient norm is below ``vanishing_below`` or above ``exploding_above`` are named in
-    ``state.extra["health_messages"]`` (each layer is reported once) and printed by ``report``.
+    gradient norms (one foreach kernel), shared in ``state.grad_norms`` for the logger; layers
+    whose gradient norm is below ``vanishing_below`` or above ``exploding_above`` are named in
+    ``state.health_messages`` (each layer is reported once) and printed by ``report``.
     """
 
     def __init__(
@@ -53,7 +53,7 @@ class HealthCheck(Callback):
             return
         norms = torch._foreach_norm([g.detach().float() for _, g in with_grad])
         values = torch.stack(norms).tolist()
-        state.extra["grad_norms"] = {n: v for (n, _), v in zip(with_grad, values)}
+        state.grad_norms = {n: v for (n, _), v in zip(with_grad, values)}
         messages = []
         for (name, _), v in zip(with_grad, values):
             if not math.isfinite(v):
@@ -71,7 +71,7 @@ class HealthCheck(Callback):
                 messages.append(f"step {state.step}: {kind}")
         if messages:
             self.messages.extend(messages)
-            state.extra.setdefault("health_messages", []).extend(messages)
+            state.health_messages.extend(messages)
             for m in messages:
                 self.report(f"warning: {m}")
 

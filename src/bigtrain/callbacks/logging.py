@@ -9,8 +9,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bigtrain._io import atomic_write_text
 from bigtrain.core.callback import Callback
 from bigtrain.core.state import TrainState
+
+
+def _kept_records(path: Path, step: int) -> list[str]:
+    """Lines of a metrics log a resumed run keeps: records up to the checkpoint's step, without
+    the earlier end's test records; an unreadable line (cut by a crash) is dropped."""
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step and record.get("kind") != "test":
+            kept.append(line)
+    return kept
 
 
 def _clean(record: dict[str, Any]) -> dict[str, Any]:
@@ -64,20 +79,14 @@ class MetricsLogger(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # resumed: drop records written after the checkpoint
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= state.step
-            ]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+        if self.path.exists():  # resumed: the log reads as one run
+            atomic_write_text(self.path, "".join(line + "\n" for line in _kept_records(self.path, state.step)))
         self._file = open(self.path, "a", buffering=1 << 16)
         if self.use_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.tb_dir), purge_step=state.step or None)
+            # events after the checkpoint's step are dropped; its own step was logged before it
+            self._tb = SummaryWriter(str(self.tb_dir), purge_step=state.step + 1 if state.step else None)
         self._t0 = time.perf_counter()
         self._t_last = self._t0
 
@@ -107,18 +116,18 @@ class MetricsLogger(Callback):
         }
         if self.flops_per_unit and self.peak_flops:
             record["mfu"] = round(rate * self.flops_per_unit / self.peak_flops, 4)
-            state.extra["mfu"] = record["mfu"]
+            state.mfu = record["mfu"]
         if state.grad_norm is not None:
             record["grad_norm"] = float(state.grad_norm)
         for k, v in (state.output.extras if state.output else {}).items():
             record[k] = float(v)
-        state.extra["throughput"] = rate
-        state.extra["train_loss"] = record["loss"]
+        state.throughput = rate
+        state.train_loss = record["loss"]
         self.write(record)
         self._loss_sum, self._n_losses, self._units, self._t_last = None, 0, 0, now
 
     def on_after_backward(self, state: TrainState) -> None:
-        norms = state.extra.pop("grad_norms", None)
+        norms, state.grad_norms = state.grad_norms, None
         if norms is not None:
             self.write(
                 {
@@ -129,7 +138,8 @@ class MetricsLogger(Callback):
                     "norms": norms,
                 }
             )
-        for message in state.extra.pop("health_messages", []):
+        messages, state.health_messages = state.health_messages, []
+        for message in messages:
             self.write(
                 {
                     "kind": "health",
@@ -164,11 +174,12 @@ class MetricsLogger(Callback):
 
     def on_fit_end(self, state: TrainState) -> None:
         self.flush_train(state)
-        state.extra["wall_time_s"] = self.now()
+        state.wall_time_s = self.now()
         self.close()
 
     def close(self) -> None:
         if self._file is not None:
+            self.elapsed_before, self._t0 = self.now(), time.perf_counter()  # kept for state_dict
             self._file.flush()
             self._file.close()
             self._file = None
@@ -177,6 +188,13 @@ class MetricsLogger(Callback):
             self._tb = None
 
     def state_dict(self) -> dict[str, Any]:
+        """Taken when a checkpoint is written: everything logged so far is flushed to disk
+        first, so a crash after the checkpoint loses no record the resumed run will not redo."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        if self._tb is not None:
+            self._tb.flush()
         return {"elapsed": self.now() if self._file is not None else self.elapsed_before}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -52,18 +52,18 @@ class ProgressBar(Callback):
 
     def _info(self, state: TrainState) -> str:
         parts = []
-        if "train_loss" in state.extra:
-            parts.append(f"loss {state.extra['train_loss']:.4f}")
+        if state.train_loss is not None:
+            parts.append(f"loss {state.train_loss:.4f}")
         elif state.loss is not None:
             parts.append(f"loss {float(state.loss):.4f}")
         if self.monitor and self.monitor in state.metrics:
             parts.append(f"{self.monitor} {state.metrics[self.monitor]:.4f}")
         parts.append(f"lr {state.lr or state.optimizer.param_groups[0]['lr']:.2e}")
-        if "throughput" in state.extra:
-            unit = "tok/s" if state.extra.get("counts_tokens") else "ex/s"
-            parts.append(f"{state.extra['throughput']:,.0f} {unit}")
-        if "mfu" in state.extra:
-            parts.append(f"MFU {state.extra['mfu']:.1%}")
+        if state.throughput is not None:
+            unit = "tok/s" if state.counts_tokens else "ex/s"
+            parts.append(f"{state.throughput:,.0f} {unit}")
+        if state.mfu is not None:
+            parts.append(f"MFU {state.mfu:.1%}")
         return " | ".join(parts)
 
     def on_after_step(self, state: TrainState) -> None:

@@ -19,7 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"'{DEFAULT_RECIPE}'. Writes a run folder with config, metrics, checkpoints, "
         "summary.json and report.html.",
     )
-    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help="recipe name or YAML path")
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        default=None,
+        help=f"recipe name or YAML path (default {DEFAULT_RECIPE}; with --resume, the run "
+        "folder's own recipe)",
+    )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--run-dir", help="run folder (default runs/<name>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
@@ -40,10 +46,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_cv)
 
 
-def _split_overrides(recipe: str, overrides: list[str]) -> tuple[str, list[str]]:
-    # `bigtrain train optim.lr=1e-3` means: the default recipe with an override
-    if "=" in recipe:
-        return DEFAULT_RECIPE, [recipe, *overrides]
+def _split_overrides(
+    recipe: str | None, overrides: list[str], resume: bool
+) -> tuple[str | None, list[str]]:
+    # `bigtrain train optim.lr=1e-3` means: the default recipe with an override; without a
+    # recipe, --resume continues the run folder's own recipe
+    if recipe is not None and "=" in recipe:
+        recipe, overrides = None, [recipe, *overrides]
+    if recipe is None and not resume:
+        recipe = DEFAULT_RECIPE
     return recipe, overrides
 
 
@@ -52,7 +63,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from bigtrain.run import build_run
 
-    recipe, overrides = _split_overrides(args.recipe, args.overrides)
+    recipe, overrides = _split_overrides(args.recipe, args.overrides, args.resume)
     quiet = args.quiet or args.json
     console = Console(stderr=True)
     run = build_run(recipe, overrides, run_dir=args.run_dir, resume=args.resume, quiet=quiet)

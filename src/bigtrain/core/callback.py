@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bigtrain.core.events import Event
@@ -21,12 +22,13 @@ class Callback:
     def on_fit_start(self, state: TrainState) -> None: ...
     def on_epoch_start(self, state: TrainState) -> None: ...
     def on_batch_start(self, state: TrainState) -> None: ...
-    def on_after_forward(self, state: TrainState) -> None: ...
+    def on_micro_batch_end(self, state: TrainState) -> None: ...
     def on_after_backward(self, state: TrainState) -> None: ...
     def on_after_step(self, state: TrainState) -> None: ...
     def on_eval_start(self, state: TrainState) -> None: ...
     def on_eval_end(self, state: TrainState) -> None: ...
     def on_epoch_end(self, state: TrainState) -> None: ...
+    def on_step_end(self, state: TrainState) -> None: ...
     def on_checkpoint(self, state: TrainState) -> None: ...
     def on_fit_end(self, state: TrainState) -> None: ...
 
@@ -44,10 +46,26 @@ def overrides(callback: Callback, event: Event) -> bool:
 
 
 class CallbackList:
-    """Dispatches events to the callbacks that override them (cheap callbacks cost nothing)."""
+    """Dispatches events to the callbacks that override them (cheap callbacks cost nothing).
 
-    def __init__(self, callbacks: list[Callback]) -> None:
-        self.callbacks = list(callbacks)
+    Callbacks are named (a mapping's keys, or the class name for a sequence, numbered when
+    repeated): checkpoints store each callback's state under its name, so a resumed run may
+    add or drop a callback (a progress bar under ``--quiet``) without losing the others' state.
+    """
+
+    def __init__(self, callbacks: Mapping[str, Callback] | Sequence[Callback]) -> None:
+        if isinstance(callbacks, Mapping):
+            self.named = dict(callbacks)
+        else:
+            self.named = {}
+            for cb in callbacks:
+                base = type(cb).__name__
+                name, i = base, 1
+                while name in self.named:
+                    i += 1
+                    name = f"{base}{i}"
+                self.named[name] = cb
+        self.callbacks = list(self.named.values())
         self._bound = {
             event: [getattr(cb, event.hook) for cb in self.callbacks if overrides(cb, event)]
             for event in Event
@@ -59,3 +77,12 @@ class CallbackList:
 
     def has(self, event: Event) -> bool:
         return bool(self._bound[event])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: cb.state_dict() for name, cb in self.named.items()}
+
+    def load_state_dict(self, states: dict[str, Any]) -> None:
+        """Restore each callback saved under its name; state of absent callbacks is ignored."""
+        for name, cb in self.named.items():
+            if name in states:
+                cb.load_state_dict(states[name])

@@ -5,7 +5,8 @@ A checkpoint is a folder::
     model.safetensors    weights (shared/tied tensors stored once)
     state.safetensors    every other tensor: optimizer moments, RNG states, sampler generator
     trainer.json         everything else (step, epoch, schedule, callbacks, data position...),
-                         with {"__tensor__": key} placeholders pointing into state.safetensors
+                         with {"__tensor__": key} placeholders pointing into state.safetensors,
+                         and the SHA-256 of both .safetensors files (verified on load)
 
 It is written into a temporary sibling folder and renamed into place, so a crash never leaves a
 half-written checkpoint under the final name.
@@ -13,11 +14,11 @@ half-written checkpoint under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from bigtrain._io import describe_os_error, replace_folder, temp_dir_beside
 from bigtrain.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _TENSOR = "__tensor__"
 
 
@@ -94,46 +96,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_folder(tmp: Path, path: Path) -> None:
-    """Move the finished folder ``tmp`` to ``path``, replacing a folder already there.
-
-    The old folder is renamed aside first (a directory cannot be renamed onto a non-empty one),
-    so at every moment ``path`` is either the complete old folder or the complete new one.
-    """
-    if path.exists():
-        trash = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, trash)
-        os.replace(tmp, path)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (checkpoints store one per weights file)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, Any]) -> Path:
-    """Write ``model`` weights and the nested ``state`` dict atomically into folder ``path``."""
+    """Write ``model`` weights and the nested ``state`` dict atomically into folder ``path``.
+
+    ``trainer.json`` records the SHA-256 of both tensor files; loading verifies them.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir_beside(path)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {describe_os_error(e)}"
+        ) from None
     try:
         save_model(model, str(tmp / "model.safetensors"))
         tensors: dict[str, torch.Tensor] = {}
         meta = {"format_version": FORMAT_VERSION, "state": _flatten(state, "s", tensors)}
         save_file(tensors, str(tmp / "state.safetensors"))
+        meta["sha256"] = {n: file_sha256(tmp / n) for n in ("model.safetensors", "state.safetensors")}
         with open(tmp / "trainer.json", "w") as f:
             json.dump(meta, f)
         for name in ("model.safetensors", "state.safetensors", "trainer.json"):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         replace_folder(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {describe_os_error(e)}"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -148,12 +146,45 @@ def _check_folder(path: Path) -> None:
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint, or CheckpointError naming it when unreadable."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__})") from None
+
+
+def verify_checksum(file: Path, expected: str | None) -> None:
+    """Raise CheckpointError when ``file``'s SHA-256 is not ``expected`` (None: not recorded)."""
+    if expected is not None and file_sha256(file) != expected:
+        raise CheckpointError(
+            f"checkpoint {file} is corrupt: its checksum does not match the one recorded when "
+            "it was written"
+        )
+
+
+def recorded_checksum(folder: Path, name: str = "model.safetensors") -> str | None:
+    """The SHA-256 a checkpoint folder recorded for ``name`` (trainer.json or best.json)."""
+    for meta_name in ("trainer.json", "best.json"):
+        meta_file = folder / meta_name
+        if meta_file.is_file():
+            meta = read_json(meta_file)
+            sums = meta.get("sha256", {}) if isinstance(meta, dict) else {}
+            return sums.get(name) if isinstance(sums, dict) else None
+    return None
+
+
 def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) -> None:
-    """Load only the model weights of a checkpoint folder into ``model``."""
+    """Load only the model weights of a checkpoint folder (or a .safetensors file) into ``model``.
+
+    The file's checksum is verified when its folder recorded one, and every floating-point
+    weight must be finite: a corrupt or NaN-filled checkpoint never loads silently.
+    """
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"no weights at {file}")
+    verify_checksum(file, recorded_checksum(file.parent))
     try:
         missing, unexpected = load_model(model, str(file), strict=False)
     except (SafetensorError, OSError, ValueError) as e:
@@ -166,19 +197,28 @@ def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) 
             f"checkpoint {file} does not fit this model: missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}"
         )
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"checkpoint {file} holds non-finite values (NaN or inf) in {name}; "
+                "it cannot be used"
+            )
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` and return the nested state dict saved with them."""
     path = Path(path)
     _check_folder(path)
+    meta = read_json(path / "trainer.json")
+    if not isinstance(meta, dict) or "state" not in meta:
+        raise CheckpointError(f"checkpoint {path}/trainer.json is corrupt (no state)")
     load_weights(path, model)
+    verify_checksum(path / "state.safetensors", meta.get("sha256", {}).get("state.safetensors"))
     try:
         tensors = load_file(str(path / "state.safetensors"))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e})") from None
     try:
-        meta = json.loads((path / "trainer.json").read_text())
         return _unflatten(meta["state"], tensors)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}/trainer.json is corrupt ({e})") from None

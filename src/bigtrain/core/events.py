@@ -3,19 +3,21 @@
     SETUP                               # once, before anything (also on resume)
     FIT_START
     while not done:
-        EPOCH_START
         for batch in train_loader:
+            EPOCH_START                        # at the first batch of an epoch
             BATCH_START
             for micro_batch in split(batch, grad_accum):
-                loss = task.loss(model, micro_batch) * share   # strategy.backward(loss)
-                AFTER_FORWARD                  # state.output holds the StepOutput
-            AFTER_BACKWARD                     # gradients are complete (health checks look here)
+                task.forward_backward(model, micro_batch)   # forward, then strategy.backward
+                MICRO_BATCH_END                # state.output holds this micro-batch's StepOutput
+            AFTER_BACKWARD                     # gradients are complete and true-scale
             clip gradients; set lr from the schedule; optimizer.step(); zero_grad
             AFTER_STEP                         # state.step was incremented
-            if evaluation is due:
+            if the epoch's data is used up: state.epoch += 1
+            if evaluation is due (eval_every, epoch end or last step):
                 EVAL_START; metrics = evaluate(val_loader); EVAL_END
-            if state.should_stop: break
-        EPOCH_END
+            if the epoch ended: EPOCH_END
+            STEP_END                           # the step is complete; checkpoints are taken here
+            if state.should_stop or a limit is reached: stop
     FIT_END
 
 CHECKPOINT fires when a checkpoint was written (state.last_checkpoint holds its path).
@@ -31,12 +33,13 @@ class Event(StrEnum):
     FIT_START = "fit_start"
     EPOCH_START = "epoch_start"
     BATCH_START = "batch_start"
-    AFTER_FORWARD = "after_forward"
+    MICRO_BATCH_END = "micro_batch_end"
     AFTER_BACKWARD = "after_backward"
     AFTER_STEP = "after_step"
     EVAL_START = "eval_start"
     EVAL_END = "eval_end"
     EPOCH_END = "epoch_end"
+    STEP_END = "step_end"
     CHECKPOINT = "checkpoint"
     FIT_END = "fit_end"
 

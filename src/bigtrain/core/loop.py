@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,11 @@ from torch import nn
 from bigtrain.core.callback import Callback, CallbackList
 from bigtrain.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from bigtrain.core.events import Event
+from bigtrain.core.schedule import Schedule, as_schedule
 from bigtrain.core.state import BatchSource, TrainState
 from bigtrain.core.strategy import SingleDevice, Strategy
 from bigtrain.core.task import Task
-from bigtrain.errors import CheckpointError, ConfigError, TrainingError
+from bigtrain.errors import CheckpointError, ConfigError, RunFinishedError, TrainingError
 
 
 def split_batch(batch: Any, parts: int) -> list[tuple[Any, float]]:
@@ -44,21 +45,42 @@ def split_batch(batch: Any, parts: int) -> list[tuple[Any, float]]:
     return out
 
 
-def planned_steps(max_steps: int | None, max_epochs: int | None, steps_per_epoch: int) -> int:
-    """Optimizer steps a run will take: max_steps, max_epochs * steps_per_epoch, or the smaller."""
-    if max_steps is not None and max_epochs is not None:
-        return min(max_steps, max_epochs * steps_per_epoch)
-    return max_steps if max_steps is not None else max_epochs * steps_per_epoch
+def planned_steps(
+    max_steps: int | None,
+    max_epochs: int | None,
+    train_data: BatchSource,
+    batch_size_schedule: Callable[[int], int] | None = None,
+) -> int:
+    """Optimizer steps a run will take: max_steps, the steps of max_epochs epochs, or the fewer.
+
+    With a batch-size schedule an epoch's step count changes as the batch grows, so the epochs
+    are counted under the schedule (the LR schedule's horizon must be the real one).
+    """
+    if max_epochs is None:
+        return int(max_steps)
+    if batch_size_schedule is None:
+        by_epochs = max_epochs * max(1, len(train_data))
+    else:
+        by_epochs = max(1, train_data.steps_in_epochs(max_epochs, batch_size_schedule))
+    return by_epochs if max_steps is None else min(max_steps, by_epochs)
 
 
 class Trainer:
     """Trains ``model`` on ``train_data`` with ``task``'s loss.
 
+    The model must already be placed by ``strategy.setup(model)`` (before the optimizer was
+    built: sharding strategies replace parameters); ``build`` does this.
+
     Args:
-        schedule: callable step -> lr (absolute); each param group's lr is ``lr * lr_scale``.
+        schedule: a Schedule or a callable step -> lr (absolute); each param group's lr is
+            ``lr * lr_scale``.
         batch_size_schedule: callable step -> batch size, applied to ``train_data`` before a batch.
+        callbacks: a mapping name -> Callback (checkpoints key callback state by name) or a list.
         eval_every: evaluate every N optimizer steps; None evaluates at the end of each epoch.
+            The last step is always evaluated.
         max_steps / max_epochs: stop at whichever comes first (at least one is required).
+        monitor / monitor_mode: the metric that selects best weights and stops early
+            (default ``"val/" + task.monitor``).
     """
 
     def __init__(
@@ -69,9 +91,9 @@ class Trainer:
         train_data: BatchSource,
         *,
         val_data: Iterable[Any] | None = None,
-        schedule: Callable[[int], float] | None = None,
+        schedule: Schedule | Callable[[int], float] | None = None,
         batch_size_schedule: Callable[[int], int] | None = None,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Mapping[str, Callback] | Sequence[Callback] = (),
         strategy: Strategy | None = None,
         max_steps: int | None = None,
         max_epochs: int | None = None,
@@ -79,6 +101,8 @@ class Trainer:
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
         eval_every: int | None = None,
+        monitor: str | None = None,
+        monitor_mode: str | None = None,
         run_dir: str | Path | None = None,
     ) -> None:
         if max_steps is None and max_epochs is None:
@@ -86,8 +110,13 @@ class Trainer:
         if grad_accum < 1:
             raise ConfigError(f"trainer.grad_accum must be >= 1, got {grad_accum}")
         self.strategy = strategy or SingleDevice()
-        model = self.strategy.setup(model)
-        total = planned_steps(max_steps, max_epochs, max(1, len(train_data)))
+        first = next(model.parameters(), None)
+        if first is not None and first.device.type != self.strategy.device.type:
+            raise ConfigError(
+                f"the model is on {first.device} but the strategy trains on "
+                f"{self.strategy.device}: call strategy.setup(model) before building the optimizer"
+            )
+        total = planned_steps(max_steps, max_epochs, train_data, batch_size_schedule)
         self.step_limit, self.epoch_limit = max_steps, max_epochs
         self.state = TrainState(
             model=model,
@@ -95,12 +124,14 @@ class Trainer:
             optimizer=optimizer,
             train_data=train_data,
             val_data=val_data,
-            schedule=schedule,
+            schedule=as_schedule(schedule),
             max_steps=total,
+            monitor=monitor or f"val/{task.monitor}",
+            monitor_mode=monitor_mode or task.monitor_mode,
             run_dir=Path(run_dir) if run_dir is not None else None,
         )
         self.state.trainer = self
-        self.callbacks = CallbackList(list(callbacks))
+        self.callbacks = CallbackList(callbacks)
         self.batch_size_schedule = batch_size_schedule
         self.grad_accum = grad_accum
         self.clip_grad_norm = clip_grad_norm
@@ -111,49 +142,62 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume_from: str | Path | None = None) -> TrainState:
-        """Train until ``max_steps`` or a callback sets ``state.should_stop``."""
+        """Train until a limit is reached or a callback sets ``state.should_stop``."""
         s, fire = self.state, self.callbacks.fire
         fire(Event.SETUP, s)
         if resume_from is not None:
             self.load(resume_from)
         fire(Event.FIT_START, s)
         s.model.train()
-        if self.batch_size_schedule is not None:
-            s.train_data.batch_size = self.batch_size_schedule(s.step)
-        empty_epochs = 0
+        self._apply_batch_size()
+        empty_passes = 0
         while not (self._limit_reached() or s.should_stop):
             ran_batches = False
             for batch in s.train_data:
-                if not ran_batches:
+                ran_batches = True
+                if s.batch_in_epoch == 0:
                     fire(Event.EPOCH_START, s)
-                    ran_batches = True
                 s.batch = self.strategy.to_device(batch)
                 fire(Event.BATCH_START, s)
                 self.train_step(s.batch)
+                s.batch_in_epoch += 1
                 fire(Event.AFTER_STEP, s)
-                if self.eval_every and s.step % self.eval_every == 0:
-                    self.run_evaluation()
-                if s.should_stop or (self.step_limit and s.step >= self.step_limit):
+                self._apply_batch_size()
+                self.end_step()
+                if s.should_stop or self._limit_reached():
                     break
-                if self.batch_size_schedule is not None:
-                    s.train_data.batch_size = self.batch_size_schedule(s.step)
-            else:
-                s.epoch += 1
-                if ran_batches:
-                    empty_epochs = 0
-                    if not self.eval_every:
-                        self.run_evaluation()
-                    fire(Event.EPOCH_END, s)
-                else:  # one empty epoch is normal after resuming at an epoch's end; two are not
-                    empty_epochs += 1
-                    if empty_epochs > 1:
-                        raise TrainingError("the training data yields no batches")
+            # a pass without batches is normal once, after resuming at an epoch's end
+            empty_passes = 0 if ran_batches else empty_passes + 1
+            if empty_passes > 1:
+                raise TrainingError("the training data yields no batches")
         if s.val_data is not None and (not s.history or s.history[-1]["step"] != s.step):
-            self.run_evaluation()  # the final weights are always evaluated
+            self.run_evaluation()  # stopped between evaluations: the final weights are evaluated
         if self._limit_reached() and not s.stop_reason:
             s.stop_reason = "completed"
         fire(Event.FIT_END, s)
         return s
+
+    def end_step(self) -> None:
+        """Close the epoch if its data is used up, evaluate if due, then fire STEP_END.
+
+        Everything a step triggers happens before STEP_END, so a checkpoint taken there
+        resumes into exactly the run that would have continued.
+        """
+        s, fire = self.state, self.callbacks.fire
+        epoch_done = s.train_data.at_epoch_end()
+        if epoch_done:
+            s.epoch += 1
+            s.batch_in_epoch = 0
+        due = s.step % self.eval_every == 0 if self.eval_every else epoch_done
+        if due or s.should_stop or self._limit_reached():
+            self.run_evaluation()
+        if epoch_done:
+            fire(Event.EPOCH_END, s)
+        fire(Event.STEP_END, s)
+
+    def _apply_batch_size(self) -> None:
+        if self.batch_size_schedule is not None:
+            self.state.train_data.batch_size = self.batch_size_schedule(self.state.step)
 
     def _limit_reached(self) -> bool:
         s = self.state
@@ -163,31 +207,26 @@ class Trainer:
 
     def train_step(self, batch: Any) -> None:
         """One optimizer step: forward/backward over micro-batches, clip, set lr, step."""
-        s, strategy = self.state, self.strategy
-        if self.grad_accum == 1:
-            with strategy.autocast():
-                s.output = s.task.forward_backward(s.model, batch, 1.0, strategy.backward)
-            s.loss = s.output.loss.detach()
-            self.callbacks.fire(Event.AFTER_FORWARD, s)
-        else:
-            total = None
-            for micro, share in split_batch(batch, self.grad_accum):
-                with strategy.autocast():
-                    s.output = s.task.forward_backward(s.model, micro, share, strategy.backward)
-                part = s.output.loss.detach() * share
-                total = part if total is None else total + part
-                self.callbacks.fire(Event.AFTER_FORWARD, s)
-            s.loss = total
-        self.callbacks.fire(Event.AFTER_BACKWARD, s)
-        if self.clip_grad_norm is not None or self.clip_grad_value is not None:
-            if hasattr(strategy, "unscale"):
-                strategy.unscale(s.optimizer)
-            if self.clip_grad_norm is not None:
-                s.grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self._params, self.clip_grad_norm, foreach=True
-                )
-            if self.clip_grad_value is not None:
-                torch.nn.utils.clip_grad_value_(self._params, self.clip_grad_value, foreach=True)
+        s, strategy, fire = self.state, self.strategy, self.callbacks.fire
+        micro_batches = split_batch(batch, self.grad_accum) if self.grad_accum > 1 else [(batch, 1.0)]
+        total = None
+        for i, (micro, share) in enumerate(micro_batches):
+            with strategy.gradient_sync(last=i == len(micro_batches) - 1), strategy.autocast():
+                s.output = s.task.forward_backward(s.model, micro, share, strategy.backward)
+            part = s.output.loss.detach()
+            part = part * share if share != 1.0 else part
+            total = part if total is None else total + part
+            fire(Event.MICRO_BATCH_END, s)
+            s.output.logits = None  # the live logits would keep the graph's output alive
+        s.loss = total
+        strategy.unscale_gradients(s.optimizer)
+        fire(Event.AFTER_BACKWARD, s)
+        if self.clip_grad_norm is not None:
+            s.grad_norm = torch.nn.utils.clip_grad_norm_(
+                self._params, self.clip_grad_norm, foreach=True
+            )
+        if self.clip_grad_value is not None:
+            torch.nn.utils.clip_grad_value_(self._params, self.clip_grad_value, foreach=True)
         if s.schedule is not None:
             lr = s.schedule(s.step)
             if lr != s.lr:
@@ -207,11 +246,8 @@ class Trainer:
         metrics = self.evaluate(s.val_data, split="val", light=True)
         s.metrics = metrics
         s.history.append({"step": s.step, "epoch": s.epoch, **metrics})
-        observe = getattr(s.schedule, "observe", None)
-        if observe is not None:
-            key = f"val/{s.task.monitor}"
-            if key in metrics:
-                observe(metrics[key])
+        if s.schedule is not None and s.monitor in metrics:
+            s.schedule.observe(metrics[s.monitor])
         self.callbacks.fire(Event.EVAL_END, s)
         return metrics
 
@@ -219,10 +255,11 @@ class Trainer:
     def evaluate(
         self, data: Iterable[Any], split: str = "val", light: bool = False
     ) -> dict[str, float]:
-        """Mean loss and the task's metrics over ``data``; keys look like ``"val/accuracy"``.
+        """Mean loss, the task's metrics and the mean of each scalar extra over ``data``.
 
-        ``light`` uses the task's cheap metric subset (the periodic evaluation during training).
-        Non-scalar metric results (e.g. a confusion matrix) are returned as nested lists.
+        Keys look like ``"val/accuracy"``. ``light`` uses the task's cheap metric subset (the
+        periodic evaluation during training). Sums and counts are reduced across processes
+        before dividing. Non-scalar metric results (a confusion matrix) become nested lists.
         """
         s = self.state
         model, task = s.model, s.task
@@ -234,23 +271,33 @@ class Trainer:
         metrics = self._metrics[light]
         if metrics is not None:
             metrics.reset()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.strategy.device)
+        device = self.strategy.device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        extra_sums: dict[str, torch.Tensor] = {}
         count = 0
         for batch in data:
             batch = self.strategy.to_device(batch)
             with self.strategy.autocast():
                 out = task.loss(model, batch)
             loss_sum += out.loss.detach().double() * out.n
+            for k, v in out.extras.items():
+                v = torch.as_tensor(v, device=device).detach().double()
+                if v.numel() == 1:
+                    extra_sums[k] = extra_sums.get(k, 0.0) + v.reshape(()) * out.n
             count += out.n
             if metrics is not None and out.preds is not None:
                 metrics.update(out.preds.float(), out.targets)
         model.train(was_training)
-        if count == 0:
+        totals = self.strategy.reduce_sum(
+            torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device),
+                         *extra_sums.values()])
+        ).tolist()  # fmt: skip
+        if totals[1] == 0:
             return {}
-        loss = float(self.strategy.reduce_mean(loss_sum / count))
+        loss = totals[0] / totals[1]
         result: dict[str, Any] = {f"{split}/loss": loss}
-        if hasattr(task, "derived_metrics"):
-            result.update({f"{split}/{k}": v for k, v in task.derived_metrics(loss).items()})
+        result.update({f"{split}/{k}": v for k, v in task.derived_metrics(loss).items()})
+        result.update({f"{split}/{k}": v / totals[1] for k, v in zip(extra_sums, totals[2:])})
         if metrics is not None:
             for name, value in metrics.compute().items():
                 result[f"{split}/{name}"] = float(value) if value.numel() == 1 else value.tolist()
@@ -262,13 +309,16 @@ class Trainer:
         return {
             "step": s.step,
             "epoch": s.epoch,
+            "batch_in_epoch": s.batch_in_epoch,
             "lr": s.lr,
+            "stop_reason": s.stop_reason,
             "metrics": _scalars(s.metrics),
             "history": [_scalars(h) for h in s.history],
             "optimizer": s.optimizer.state_dict(),
-            "schedule": s.schedule.state_dict() if hasattr(s.schedule, "state_dict") else {},
+            "schedule": s.schedule.state_dict() if s.schedule is not None else {},
+            "strategy": self.strategy.state_dict(),
             "train_data": s.train_data.state_dict(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks.callbacks],
+            "callbacks": self.callbacks.state_dict(),
             "rng": rng_state(),
         }
 
@@ -280,27 +330,44 @@ class Trainer:
         return path
 
     def load(self, path: str | Path) -> None:
-        """Restore everything saved by ``save`` so training continues bitwise identically."""
+        """Restore everything saved by ``save`` so training continues bitwise identically.
+
+        Raises CheckpointError when the checkpoint is of a different run, or when its run is
+        finished (early-stopped, or at this run's step/epoch limit).
+        """
         s = self.state
         saved = load_checkpoint(path, s.model)
         try:
             s.optimizer.load_state_dict(saved["optimizer"])
-            if hasattr(s.schedule, "load_state_dict"):
+            if s.schedule is not None:
                 s.schedule.load_state_dict(saved["schedule"])
+            self.strategy.load_state_dict(saved.get("strategy", {}))
             s.train_data.load_state_dict(saved["train_data"])
             cb_states = saved["callbacks"]
-            if len(cb_states) != len(self.callbacks.callbacks):
+            if not isinstance(cb_states, dict):
                 raise CheckpointError(
-                    f"checkpoint {path} was made with {len(cb_states)} callbacks, "
-                    f"this run has {len(self.callbacks.callbacks)}"
+                    f"checkpoint {path} was written by an older bigtrain (callback state by "
+                    "position); start a new run"
                 )
-            for cb, cb_state in zip(self.callbacks.callbacks, cb_states):
-                cb.load_state_dict(cb_state)
+            self.callbacks.load_state_dict(cb_states)
             s.step, s.epoch, s.lr = saved["step"], saved["epoch"], saved["lr"]
+            s.batch_in_epoch = int(saved.get("batch_in_epoch", 0))
+            s.stop_reason = saved.get("stop_reason", "")
             s.metrics, s.history = saved["metrics"], saved["history"]
             set_rng_state(saved["rng"])
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} does not match this run ({e})") from None
+        if s.stop_reason and s.stop_reason != "completed":
+            raise RunFinishedError(
+                f"the run in {path} is finished ({s.stop_reason}, at step {s.step}); "
+                "nothing to resume"
+            )
+        if self._limit_reached():
+            raise RunFinishedError(
+                f"the run in {path} is finished: it reached step {s.step}, epoch {s.epoch}; "
+                "raise trainer.max_steps or trainer.max_epochs to train further"
+            )
+        s.stop_reason = ""
         if s.schedule is not None and s.step > 0:
             s.lr = s.schedule(s.step - 1)
 

@@ -54,6 +54,25 @@ class _Resumable:
         b = min(self._batch_size, self.n)
         return self.n // b if self.drop_last else -(-self.n // b)
 
+    def at_epoch_end(self) -> bool:
+        """True when the current epoch has no batch left at the current batch size."""
+        left = self.n - self.position
+        return left <= 0 or (self.drop_last and left < min(self._batch_size, self.n))
+
+    def steps_in_epochs(self, epochs: int, batch_size_at: Callable[[int], int]) -> int:
+        """Optimizer steps that ``epochs`` whole epochs take when step ``s`` uses a batch of
+        ``batch_size_at(s)`` (a batch-size schedule), counted the way ``__iter__`` serves them."""
+        step = 0
+        for _ in range(epochs):
+            position = 0
+            while True:
+                b, left = min(batch_size_at(step), self.n), self.n - position
+                if left <= 0 or (self.drop_last and left < b):
+                    break
+                position += min(b, left)
+                step += 1
+        return step
+
     def _next_range(self) -> tuple[int, int] | None:
         """(start, stop) of the next batch in this epoch's order, or None at the epoch's end."""
         left = self.n - self.position

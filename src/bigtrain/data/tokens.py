@@ -8,7 +8,7 @@ raw uint16 or uint32 token ids, as in nanoGPT. The sampler reads them through a 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,13 @@ class TokenWindowSampler:
 
     def __len__(self) -> int:
         return self.steps_per_epoch
+
+    def at_epoch_end(self) -> bool:
+        return self.position >= self.steps_per_epoch
+
+    def steps_in_epochs(self, epochs: int, batch_size_at: Callable[[int], int]) -> int:
+        """An epoch is ``steps_per_epoch`` batches whatever their size."""
+        return epochs * self.steps_per_epoch
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch", "position", "generator": uint8 tensor, "n_tokens"}``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,24 @@ from torch.utils.checkpoint import checkpoint
 
 from bigtrain.models.moe import MoEConfig, MoEMLP
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "MoEConfig"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "LMOutput", "MoEConfig"]
+
+
+class LMOutput(NamedTuple):
+    """What a language model's ``forward(idx, targets)`` returns (GPT and RNNLM alike).
+
+    ``loss`` is what training minimises: ``cross_entropy + moe.aux_loss_coef * aux_loss``
+    (just the cross-entropy without MoE layers); ``cross_entropy`` is the data loss that
+    evaluation reports. Both are None without targets. ``aux_loss`` (the MoE load-balancing
+    loss averaged over MoE layers, unscaled) and ``expert_counts`` (routing assignments per
+    expert summed over MoE layers) are None for dense models.
+    """
+
+    logits: torch.Tensor  # (B, T, vocab)
+    loss: torch.Tensor | None = None
+    cross_entropy: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    expert_counts: torch.Tensor | None = None
 
 
 @dataclass
@@ -217,12 +234,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Decoder-only language model; ``forward(idx, targets=None, kv_cache=None)``.
-
-    After a forward with MoE layers, ``last_aux_loss`` holds the load-balancing loss averaged
-    over MoE layers (unscaled) and ``last_expert_counts`` the routing assignments per expert
-    summed over MoE layers; both are detached, for logging.
-    """
+    """Decoder-only language model; ``forward(idx, targets=None, kv_cache=None) -> LMOutput``."""
 
     Config = GPTConfig
 
@@ -256,8 +268,6 @@ class GPT(nn.Module):
         if cfg.position == "rotary":  # filled by reset_parameters; rebuilt, never saved
             self.register_buffer("rope_cos", None, persistent=False)
             self.register_buffer("rope_sin", None, persistent=False)
-        self.last_aux_loss: torch.Tensor | None = None
-        self.last_expert_counts: torch.Tensor | None = None
         self.reset_parameters()
 
     @classmethod
@@ -331,12 +341,11 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) for every position and the mean token loss when targets given.
+    ) -> LMOutput:
+        """Logits (B, T, vocab) for every position and, with targets, the losses (LMOutput).
 
-        Loss is cross-entropy over all tokens (targets == -1 ignored) plus
-        ``moe.aux_loss_coef * last_aux_loss`` when the model has MoE layers. With ``kv_cache``,
-        ``idx`` continues the cached sequence at position ``kv_cache.pos`` (inference only).
+        Cross-entropy is over all tokens (targets == -1 ignored). With ``kv_cache``, ``idx``
+        continues the cached sequence at position ``kv_cache.pos`` (inference only).
         """
         cfg = self.config
         B, T = idx.shape
@@ -377,17 +386,14 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos = start + T
         logits = self.lm_head(t.ln_f(x))  # (B, T, vocab)
-        if aux_sum is not None:  # detached copies for logging; the loss uses the live tensor
-            aux_sum = aux_sum / n_moe
-            self.last_aux_loss, self.last_expert_counts = aux_sum.detach(), counts
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
-        )
         if aux_sum is not None:
-            loss = loss + cfg.moe.aux_loss_coef * aux_sum
-        return logits, loss
+            aux_sum = aux_sum / n_moe
+            counts = counts.detach()
+        if targets is None:
+            return LMOutput(logits, aux_loss=aux_sum, expert_counts=counts)
+        ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = ce if aux_sum is None else ce + cfg.moe.aux_loss_coef * aux_sum
+        return LMOutput(logits, loss, ce, aux_sum, counts)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Exact parameter count; shared and tied tensors are counted once.

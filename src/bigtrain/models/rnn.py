@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from bigtrain.models.gpt import LMOutput
+
 __all__ = ["RNNLM", "RNNLMConfig", "RNNClassifier", "RNNClassifierConfig"]
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -108,15 +110,15 @@ class RNNLM(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> LMOutput:
         """Logits (B, T, vocab) and mean cross-entropy (targets == -1 ignored) if targets given."""
         logits, _ = self.step(idx)
         if targets is None:
-            return logits, None
+            return LMOutput(logits)
         loss = F.cross_entropy(
             logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
         )
-        return logits, loss
+        return LMOutput(logits, loss, loss)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bigtrain.core.task import StepOutput, Task
+from bigtrain.core.task import StepOutput, Task, TaskWrapper
 from bigtrain.errors import ConfigError, TrainingError
 
 APPLY_TO = ("weights", "all")
@@ -53,10 +53,11 @@ def penalty(params: Iterable[torch.Tensor], l1: float = 0.0, l2: float = 0.0) ->
     return total
 
 
-class PenalizedTask(Task):
+class PenalizedTask(TaskWrapper):
     """Wraps a Task so its loss includes the penalty; ``extras["penalty"]`` holds the penalty.
 
-    Everything else (metrics, predict, check_batch, monitor) is the inner task's.
+    Everything else (metrics, derived metrics, predict, check_batch, monitor) is the inner
+    task's. Evaluation reports the inner task's loss (the penalty is not part of the data's fit).
     """
 
     def __init__(
@@ -64,11 +65,13 @@ class PenalizedTask(Task):
     ) -> None:
         if l1 < 0 or l2 < 0:
             raise ConfigError(f"regularization.l1/l2 must be >= 0, got l1={l1}, l2={l2}")
-        self.task = task
+        super().__init__(task)
         self.params = list(params)
         self.l1, self.l2 = l1, l2
-        self.monitor = task.monitor
-        self.monitor_mode = task.monitor_mode
+
+    @property
+    def task(self) -> Task:
+        return self.inner
 
     def penalty(self) -> torch.Tensor:
         """The current penalty (part of the autograd graph)."""
@@ -78,7 +81,9 @@ class PenalizedTask(Task):
         return replace(out, loss=loss, extras={**out.extras, "penalty": pen.detach()})
 
     def loss(self, model: nn.Module, batch: Any) -> StepOutput:
-        out = self.task.loss(model, batch)
+        out = self.inner.loss(model, batch)
+        if not model.training:  # evaluation: the data loss, with the penalty as an extra
+            return self._with_penalty(out, self.penalty(), out.loss)
         pen = self.penalty()
         return self._with_penalty(out, pen, out.loss + pen)
 
@@ -92,19 +97,10 @@ class PenalizedTask(Task):
             seen.append(pen)
             backward(loss + pen * scale)
 
-        out = self.task.forward_backward(model, batch, scale, backward_with_penalty)
+        out = self.inner.forward_backward(model, batch, scale, backward_with_penalty)
         if not seen:
             raise TrainingError(
-                f"{type(self.task).__name__}.forward_backward never called backward(); "
+                f"{type(self.inner).__name__}.forward_backward never called backward(); "
                 "PenalizedTask cannot add the penalty to it"
             )
         return self._with_penalty(out, seen[0], out.loss + seen[0].detach())
-
-    def metrics(self, light: bool = False):
-        return self.task.metrics(light=light)
-
-    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self.task.predict(model, x)
-
-    def check_batch(self, model: nn.Module, batch: Any) -> None:
-        return self.task.check_batch(model, batch)

@@ -18,43 +18,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from bigtrain._registry import Registry
+from bigtrain.core.schedule import FunctionSchedule, Schedule
 from bigtrain.errors import ConfigError
 from bigtrain.optim.config import ScheduleConfig
-
-
-class Schedule:
-    """Base class: ``__call__(step) -> lr``, plus no-op ``observe`` and empty state."""
-
-    name: str = "schedule"
-
-    def __call__(self, step: int) -> float:
-        raise NotImplementedError
-
-    def observe(self, metric: float) -> None:
-        """Called after each evaluation with the monitored metric (plateau schedules use it)."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r})"
-
-
-class FunctionSchedule(Schedule):
-    """A stateless schedule: ``lr = fn(step)``."""
-
-    def __init__(self, name: str, fn: Callable[[int], float]) -> None:
-        self.name = name
-        self._fn = fn
-
-    def __call__(self, step: int) -> float:
-        if step < 0:
-            raise ValueError(f"schedule step must be >= 0, got {step}")
-        return float(self._fn(step))
 
 
 SCHEDULES: Registry[Callable[..., Schedule]] = Registry("lr schedule")

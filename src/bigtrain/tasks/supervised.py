@@ -56,7 +56,7 @@ class ClassificationTask(Task):
         x, y = batch
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return StepOutput(loss, y.shape[0], logits.detach(), y)
+        return StepOutput(loss, y.shape[0], logits.detach(), y, logits=logits)
 
     def metrics(self, light: bool = False):
         c = self.num_classes
@@ -112,7 +112,7 @@ class BinaryClassificationTask(Task):
         if self.label_smoothing:
             target = target * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
         loss = F.binary_cross_entropy_with_logits(logits, target)
-        return StepOutput(loss, y.shape[0], torch.sigmoid(logits.detach()), y)
+        return StepOutput(loss, y.shape[0], torch.sigmoid(logits.detach()), y, logits=logits)
 
     def metrics(self, light: bool = False):
         available = {
@@ -163,7 +163,7 @@ class RegressionTask(Task):
         pred = model(x)
         if y.ndim == 1:
             pred = pred.squeeze(-1)
-        return StepOutput(self.loss_fn(pred, y), y.shape[0], pred.detach(), y)
+        return StepOutput(self.loss_fn(pred, y), y.shape[0], pred.detach(), y, logits=pred)
 
     def metrics(self, light: bool = False):
         available = {

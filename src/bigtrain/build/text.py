@@ -1,7 +1,6 @@
 """Builders for text: GPT/RNN language models on token files, and text classification.
 
-Kept apart from build.py's tabular path; both end in build._assemble (same loop, callbacks and
-run folder)."""
+Both end in ``assemble`` (the same loop, callbacks and run folder as tabular runs)."""
 
 from __future__ import annotations
 
@@ -11,12 +10,21 @@ from typing import Any
 
 import torch
 
-from bigtrain.build import Components, _assemble, seed_everything
+from bigtrain.build.common import (
+    Components,
+    assemble,
+    eval_batches,
+    make_model,
+    model_params,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from bigtrain.config.schema import RunConfig
 from bigtrain.core.callback import Callback
 from bigtrain.core.state import TrainState
 from bigtrain.errors import ConfigError
-from bigtrain.models import MODELS, build_model, validate_model_config
+from bigtrain.models import GPT, MODELS, validate_model_config
 from bigtrain.tasks import ClassificationTask, LanguageModelTask
 
 LANGUAGE_MODELS = ("gpt", "rnn_lm")
@@ -64,12 +72,26 @@ def prepared_folder(cfg: RunConfig, quiet: bool) -> Path:
 
 
 def model_block_size(cfg: RunConfig) -> int:
-    params = {k: v for k, v in cfg.model.items() if k != "name"}
-    model_cfg = validate_model_config(cfg.model["name"], params)
+    model_cfg = validate_model_config(cfg.model["name"], model_params(cfg))
     block = getattr(model_cfg, "block_size", None)
     if not block:
         raise ConfigError(f"model '{cfg.model['name']}' has no block_size (context length)")
     return int(block)
+
+
+def language_model_task(cfg: RunConfig) -> LanguageModelTask:
+    """The LM task, refusing task settings it cannot honour (never ignoring them silently)."""
+    t = cfg.task
+    if t.name not in ("auto", "language_model"):
+        raise ConfigError(f"task.name '{t.name}' does not apply to language modelling")
+    if t.loss not in ("auto", "cross_entropy"):
+        raise ConfigError(f"task.loss '{t.loss}' does not apply to language modelling")
+    if t.label_smoothing:
+        raise ConfigError(
+            "task.label_smoothing is not supported for language models (the loss is the "
+            "model's fused next-token cross-entropy); remove it"
+        )
+    return LanguageModelTask(metrics=t.metrics)
 
 
 def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = False) -> Components:
@@ -77,18 +99,16 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
     from bigtrain.data.text import load_tokenizer
     from bigtrain.data.tokens import PreparedText, TokenWindowSampler, fixed_eval_batches
 
-    if cfg.data.name == "shakespeare_genre":
-        return build_text_classifier(cfg, run_dir, quiet)
     name = cfg.model["name"]
     if name not in LANGUAGE_MODELS:
         raise ConfigError(f"model '{name}' is not a language model; use one of {LANGUAGE_MODELS}")
+    task = language_model_task(cfg)
     seed_everything(cfg.seed)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     prepared = PreparedText.load(prepared_folder(cfg, quiet))
     block = model_block_size(cfg)
-    params = {k: v for k, v in cfg.model.items() if k != "name"}
-    model = build_model(name, params, (block,), prepared.vocab_size)
+    model = make_model(cfg, (block,), prepared.vocab_size)
     d = cfg.data
     sampler = TokenWindowSampler(
         prepared.train_path, prepared.dtype, block, d.batch_size, seed=cfg.seed
@@ -100,18 +120,16 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
     train_eval = fixed_eval_batches(
         prepared.train_path, prepared.dtype, block, eval_bs, d.eval_batches, seed=cfg.seed + 2
     )
-    task = LanguageModelTask()
-    logger_kwargs: dict[str, Any] = {"count_tokens": True}
-    flops = getattr(model, "flops_per_token", None)
+    logger_kwargs: dict[str, Any] = {}
+    flops = model.flops_per_token() if isinstance(model, GPT) else None
     if run_dir is not None and flops is not None:
-        from bigtrain.build import resolve_device, resolve_precision
         from bigtrain.plan import measured_peak_flops
 
         device = resolve_device(cfg.trainer.device)
         precision = resolve_precision(cfg.trainer.precision, device)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        logger_kwargs.update(flops_per_unit=flops(), peak_flops=measured_peak_flops(dtype, device))
-    built = _assemble(
+        logger_kwargs.update(flops_per_unit=flops, peak_flops=measured_peak_flops(dtype, device))
+    built = assemble(
         cfg,
         model,
         task,
@@ -121,11 +139,11 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
         prepared,
         quiet=quiet,
         logger_kwargs=logger_kwargs,
-        first_callbacks=[TrainLossEstimate(train_eval)],
+        first_callbacks={"train_loss_estimate": TrainLossEstimate(train_eval)},
+        counts_tokens=True,
     )
-    built.trainer.state.extra["counts_tokens"] = True
-    built.extras.update(block_size=block, flops_per_token=flops() if flops is not None else 0.0)
-    built.extras.update(tokenizer=load_tokenizer(prepared.tokenizer_path), prepared=prepared)
+    built.extras.update(block_size=block, flops_per_token=flops or 0.0, prepared=prepared)
+    built.tokenizer = load_tokenizer(prepared.tokenizer_path)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.json")
@@ -134,7 +152,6 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
 
 def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = False) -> Components:
     """Shakespeare genre passages -> char or BPE tokens (pad = an extra id) -> classifier."""
-    from bigtrain.build import eval_batches
     from bigtrain.data import InMemoryLoader
     from bigtrain.data.tables import DataBundle, Split
     from bigtrain.data.text import train_tokenizer
@@ -170,18 +187,20 @@ def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fa
         input_shape=(block,),
         class_names=classes,
     )
-    params = {k: v for k, v in cfg.model.items() if k != "name"}
+    params = model_params(cfg)
     if "vocab_size" not in MODELS.get(cfg.model["name"]).Config.__dataclass_fields__:
         raise ConfigError(
             f"model '{cfg.model['name']}' cannot read tokens (use encoder or rnn_classifier)"
         )
-    params.update(vocab_size=pad + 1, pad_id=pad) if cfg.model[
-        "name"
-    ] == "encoder" else params.update(vocab_size=pad + 1)
-    model = build_model(cfg.model["name"], params, (block,), len(classes))
+    params["vocab_size"] = pad + 1
+    if cfg.model["name"] == "encoder":
+        params["pad_id"] = pad
+    model = make_model(cfg, (block,), len(classes), params)
+    if cfg.task.name not in ("auto", "classification") or cfg.task.loss not in ("auto", "cross_entropy"):
+        raise ConfigError("genre classification is a classification task with cross_entropy loss")
     task = ClassificationTask(len(classes), cfg.task.label_smoothing, cfg.task.metrics)
     loader = InMemoryLoader(data.train.x, data.train.y, d.batch_size, shuffle=True, seed=cfg.seed)
-    built = _assemble(
+    built = assemble(
         cfg,
         model,
         task,
@@ -191,6 +210,6 @@ def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fa
         data,
         quiet=quiet,
     )
-    built.extras["test_batches"] = eval_batches(data.test.x, data.test.y, 256)
-    built.extras["tokenizer"] = tokenizer
+    built.test_batches = eval_batches(data.test.x, data.test.y, 256)
+    built.tokenizer = tokenizer
     return built
