@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.build import build
+from bigtrain.build import build, prepared_folder
 from bigtrain.config import load_recipe
 from bigtrain.core.callback import Callback
-from bigtrain.build import prepared_folder
 from bigtrain.plan import measured_peak_flops
 
 

@@ -22,7 +22,8 @@ from bigtrain._io import atomic_write_text, describe_os_error, remove_stale_temp
 from bigtrain.build import Components, build
 from bigtrain.callbacks.checkpointing import best_weights, read_pointer
 from bigtrain.config import RunConfig, dump_config, load_recipe
-from bigtrain.core.checkpoint import load_weights
+from bigtrain.core.checkpoint import load_weights, read_json
+from bigtrain.core.loop import finished_reason
 from bigtrain.errors import BigtrainError, CheckpointError, RunFinishedError, RunLockedError
 
 # keys that may differ when resuming (extending training, quieter output)
@@ -84,7 +85,9 @@ class RunLock:
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise CheckpointError(f"cannot use {run_dir} as a run folder: {describe_os_error(e)}") from None
+            raise CheckpointError(
+                f"cannot use {run_dir} as a run folder: {describe_os_error(e)}"
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -111,7 +114,9 @@ def _prepare_folder(run_dir: Path) -> bool:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CheckpointError(f"cannot create run folder {run_dir}: {describe_os_error(e)}") from None
+        raise CheckpointError(
+            f"cannot create run folder {run_dir}: {describe_os_error(e)}"
+        ) from None
     return created
 
 
@@ -133,10 +138,13 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, quiet: bool = Fal
         return False
     latest = read_pointer(run_dir / "checkpoints" / "latest")
     if latest is None or not latest.is_dir():
-        _say(quiet, f"note: {run_dir} holds a run that never wrote a checkpoint; starting it over")
+        # printed even with --quiet: the user should know the old files are replaced
+        _say(False, f"note: {run_dir} holds a run that never wrote a checkpoint; starting it over")
         for name in _RUN_FILES:
             path = run_dir / name
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
+                missing_ok=True
+            )
         return False
     if not resume:
         status = _saved_status(run_dir)
@@ -156,6 +164,10 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, quiet: bool = Fal
             f"run folder {run_dir} holds a different run (changed: {', '.join(changed[:4])}); "
             "resume with the same recipe or choose another --run-dir"
         )
+    state = read_json(latest / "trainer.json").get("state", {})
+    reason = finished_reason(state, cfg.trainer.max_steps, cfg.trainer.max_epochs)
+    if reason is not None:
+        raise RunFinishedError(f"cannot resume {run_dir}: {reason}")
     return True
 
 
@@ -194,7 +206,12 @@ class Run:
         resume: bool,
         lock: RunLock | None = None,
     ):
-        self.config, self.run_dir, self.components, self.resume = config, run_dir, components, resume
+        self.config, self.run_dir, self.components, self.resume = (
+            config,
+            run_dir,
+            components,
+            resume,
+        )
         self.lock = lock
 
     @property

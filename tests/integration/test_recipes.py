@@ -19,8 +19,6 @@ def test_every_recipe_has_a_tiny_overlay():
 def test_tiny_overlay_trains_two_steps(name, tmp_path):
     if "fashion" in name and not FASHION.is_dir():
         pytest.skip("Fashion-MNIST IDX files absent (apt-get install dataset-fashion-mnist)")
-    if "language" in name or "shakespeare" in name:
-        pytest.importorskip("tokenizers")
     run = build_run(name, ["trainer.tensorboard=false"], run_dir=tmp_path / "run", quiet=True)
     summary = run.fit()
     assert summary["steps"] == 2 and summary["status"] == "completed"

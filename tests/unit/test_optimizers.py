@@ -1,4 +1,10 @@
-"""Optimizers against torch.optim (bit-for-bit) and LAMB/Lion against the papers' formulas."""
+"""Optimizers: formula oracles where bigtrain adds behaviour, wiring checks where torch does the math.
+
+LAMB and Lion are bigtrain's own code: checked against the papers' formulas written out here.
+For torch's optimizers bigtrain adds the decay/no-decay grouping and passes the arguments on:
+``test_wiring_*`` checks that (the same torch class, fed the same groups, ends bit-for-bit equal);
+Adafactor's decoupled decay and the grouping's effect on a step are checked against formulas.
+"""
 
 from __future__ import annotations
 
@@ -66,7 +72,8 @@ TORCH_CASES = [
 
 
 @pytest.mark.parametrize(("fields", "torch_cls", "torch_args"), TORCH_CASES)
-def test_torch_backed_optimizers_match_torch_bit_for_bit(fields, torch_cls, torch_args):
+def test_wiring_torch_backed_optimizers_match_torch_bit_for_bit(fields, torch_cls, torch_args):
+    # wiring, not an oracle: torch against itself, through bigtrain's factory and groups
     wd = 0.1
     ours, ref = tiny_model(), tiny_model()
     opt = build_optimizer(ours, OptimConfig(weight_decay=wd, **fields))
@@ -140,6 +147,70 @@ def test_lion_step_has_size_lr_per_coordinate():
     (p * torch.tensor([5.0, -0.1, 1e-4])).sum().backward()
     opt.step()
     torch.testing.assert_close(p.detach(), torch.tensor([0.99, -1.99, 2.99]))
+
+
+def adafactor_reference(model: nn.Module, lr, wd, eps1=None, eps2=1e-3, d=1.0, c=-0.8) -> None:
+    """Adafactor (Shazeer & Stern 2018) as torch.optim.Adafactor documents it, one tensor at a
+    time, with decoupled decay ``w -= lr * wd * w`` on matrices only (bigtrain's grouping)."""
+    eps1 = torch.finfo(torch.float32).eps if eps1 is None else eps1
+    rms = lambda a: a.pow(2).mean().sqrt().item()  # noqa: E731
+    state: dict = {}
+    for t, (x, y) in enumerate(batches(), start=1):
+        model.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                g = p.grad
+                weight = t**c  # 1 - beta2_t: the second-moment decay rises towards 1
+                alpha = max(eps2, rms(p)) * min(lr, 1 / math.sqrt(t))  # from w before decay
+                if p.ndim >= 2:  # decoupled decay, then factored row and column means of g^2
+                    p -= lr * wd * p
+                    r, col = state.get(p, (torch.zeros(p.shape[0], 1), torch.zeros(1, p.shape[1])))
+                    r = (1 - weight) * r + weight * (g**2).mean(dim=1, keepdim=True)
+                    col = (1 - weight) * col + weight * (g**2).mean(dim=0, keepdim=True)
+                    state[p] = (r, col)
+                    v = r @ col / max(r.mean().item(), eps1)
+                else:
+                    v = (1 - weight) * state.get(p, torch.zeros_like(p)) + weight * g**2
+                    state[p] = v
+                u = g / v.clamp(min=eps1**2).sqrt()
+                p -= alpha / max(1.0, rms(u) / d) * u
+
+
+def test_adafactor_matches_formula_with_decoupled_decay_on_matrices_only():
+    ours, ref = tiny_model(), tiny_model()
+    cfg = OptimConfig(name="adafactor", lr=0.02, weight_decay=0.5)
+    train(ours, build_optimizer(ours, cfg))
+    adafactor_reference(ref, lr=0.02, wd=0.5)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "lion"])
+def test_decoupled_decay_shrinks_matrices_by_lr_wd_and_leaves_vectors_alone(name):
+    # zero gradients: the whole update is the decay, so a matrix becomes exactly (1 - lr*wd) w
+    # while biases and LayerNorm scales, in the no-decay group, do not move at all
+    lr, wd = 0.01, 0.1
+    model = tiny_model()
+    with torch.no_grad():
+        model[3].bias.fill_(0.5)  # a non-zero vector: decaying it would show
+    opt = build_optimizer(model, OptimConfig(name=name, lr=lr, weight_decay=wd))
+    matrices = [model[0].weight, model[3].weight]
+    vectors = [model[0].bias, model[1].weight, model[1].bias, model[3].bias]
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == wd and no_decay["weight_decay"] == 0.0
+    assert [id(p) for p in decay["params"]] == [id(p) for p in matrices]
+    assert [id(p) for p in no_decay["params"]] == [id(p) for p in vectors]
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for p, old in zip(model.parameters(), before):
+        if p.ndim >= 2:
+            torch.testing.assert_close(p.detach(), old - lr * wd * old, rtol=1e-6, atol=0)
+            assert not torch.equal(p.detach(), old)
+        else:
+            assert torch.equal(p.detach(), old)
 
 
 class Net(nn.Module):

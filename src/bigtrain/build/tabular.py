@@ -56,7 +56,7 @@ def build_tabular(
     seed_everything(cfg.seed)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    data = load_data(cfg.data, fold=fold)
+    data = load_data(cfg.data, fold=fold, task=cfg.task.name)
     kind = data.kind
     if cfg.task.name == "classification" and kind == "binary":
         kind = "classification"  # two-logit softmax chosen explicitly

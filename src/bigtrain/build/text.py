@@ -196,7 +196,10 @@ def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fa
     if cfg.model["name"] == "encoder":
         params["pad_id"] = pad
     model = make_model(cfg, (block,), len(classes), params)
-    if cfg.task.name not in ("auto", "classification") or cfg.task.loss not in ("auto", "cross_entropy"):
+    if cfg.task.name not in ("auto", "classification") or cfg.task.loss not in (
+        "auto",
+        "cross_entropy",
+    ):
         raise ConfigError("genre classification is a classification task with cross_entropy loss")
     task = ClassificationTask(len(classes), cfg.task.label_smoothing, cfg.task.metrics)
     loader = InMemoryLoader(data.train.x, data.train.y, d.batch_size, shuffle=True, seed=cfg.seed)

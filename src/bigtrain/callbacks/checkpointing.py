@@ -25,7 +25,9 @@ def _weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     weights = model.state_dict()
     dropped = {n for names in _remove_duplicate_names(weights).values() for n in names}
     return {
-        k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items() if k not in dropped
+        k: v.detach().to("cpu", copy=True).contiguous()
+        for k, v in weights.items()
+        if k not in dropped
     }
 
 
@@ -114,7 +116,11 @@ class Checkpointer(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         self._last_save = time.monotonic()
-        if self._best_weights is None and self.best_step is not None and self.best_step == state.step:
+        if (
+            self._best_weights is None
+            and self.best_step is not None
+            and self.best_step == state.step
+        ):
             self._best_weights = _weights_copy(state.model)  # resumed: best = current weights
 
     def save(self, state: TrainState) -> None:
@@ -153,7 +159,11 @@ class Checkpointer(Callback):
         names = checkpoint_names(self.dir)
         if final is not None:  # the end of a run: keep what does not depend on timing
             on_schedule = [n for n in names if self.every and int(n[5:]) % self.every == 0]
-            kept = {final, *[n for n in on_schedule if n != final][-(keep - 1) :]} if keep > 1 else {final}
+            kept = (
+                {final, *[n for n in on_schedule if n != final][-(keep - 1) :]}
+                if keep > 1
+                else {final}
+            )
         else:
             kept = set(names[-keep:])
         for name in names:
@@ -189,6 +199,8 @@ class Checkpointer(Callback):
         self.best, self.best_step = state.get("best"), state.get("best_step")
         self._best_weights = state.get("best_weights")
         self.best_written_step = None  # rewritten at the next save: it may predate a crash
+
+
 class EarlyStopping(Callback):
     """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` evaluations."""
 

@@ -23,7 +23,11 @@ def _kept_records(path: Path, step: int) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step and record.get("kind") != "test":
+        if (
+            isinstance(record, dict)
+            and record.get("step", 0) <= step
+            and record.get("kind") != "test"
+        ):
             kept.append(line)
     return kept
 
@@ -80,13 +84,17 @@ class MetricsLogger(Callback):
     def on_fit_start(self, state: TrainState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # resumed: the log reads as one run
-            atomic_write_text(self.path, "".join(line + "\n" for line in _kept_records(self.path, state.step)))
+            atomic_write_text(
+                self.path, "".join(line + "\n" for line in _kept_records(self.path, state.step))
+            )
         self._file = open(self.path, "a", buffering=1 << 16)
         if self.use_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # events after the checkpoint's step are dropped; its own step was logged before it
-            self._tb = SummaryWriter(str(self.tb_dir), purge_step=state.step + 1 if state.step else None)
+            self._tb = SummaryWriter(
+                str(self.tb_dir), purge_step=state.step + 1 if state.step else None
+            )
         self._t0 = time.perf_counter()
         self._t_last = self._t0
 
@@ -195,7 +203,13 @@ class MetricsLogger(Callback):
             os.fsync(self._file.fileno())
         if self._tb is not None:
             self._tb.flush()
-        return {"elapsed": self.now() if self._file is not None else self.elapsed_before}
+        window = {"loss_sum": self._loss_sum, "n_losses": self._n_losses, "units": self._units}
+        elapsed = self.now() if self._file is not None else self.elapsed_before
+        # the open logging window goes in too: the record after a resume averages the same steps
+        return {"elapsed": elapsed, **(window if self._n_losses else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.elapsed_before = float(state.get("elapsed", 0.0))
+        if state.get("n_losses"):
+            self._loss_sum = state["loss_sum"]
+            self._n_losses, self._units = int(state["n_losses"]), int(state["units"])

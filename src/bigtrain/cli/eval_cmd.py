@@ -50,14 +50,17 @@ def run_config(run_dir: str | Path):
     return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"progress": False})})
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best"):
-    """(components, checkpoint path) of a finished or interrupted run folder."""
+def load_run(run_dir: str | Path, checkpoint: str = "best", cfg=None):
+    """(components, checkpoint path) of a finished or interrupted run folder.
+
+    ``cfg`` is the run's config when the caller has already read it (``run_config``).
+    """
     from bigtrain.build import build
     from bigtrain.callbacks.checkpointing import best_weights
     from bigtrain.core.checkpoint import load_weights
     from bigtrain.errors import CheckpointError
 
-    built = build(run_config(run_dir), run_dir=None, quiet=True)
+    built = build(cfg or run_config(run_dir), run_dir=None, quiet=True)
     path = best_weights(run_dir, checkpoint)
     if path is None:
         raise CheckpointError(f"{run_dir} has no checkpoint to evaluate")
@@ -73,7 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.split == "val":
         batches = built.trainer.state.val_data
     elif args.split == "test":
-        batches = built.extras.get("test_batches")
+        batches = built.test_batches
     else:
         train = getattr(built.data, "train", None)
         batches = eval_batches(train.x, train.y) if train is not None else None
@@ -96,44 +99,32 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(path: Path, feature_names: list[str] | None, width: int):
-    import numpy as np
+def _check_predictable(cfg, run_dir: str | Path) -> None:
+    """ConfigError unless the run trained a tabular/image model (predict reads rows of numbers)."""
+    from bigtrain.data.text_config import TEXT_DATA_NAMES
+    from bigtrain.errors import ConfigError
 
-    from bigtrain.errors import DataError
+    if cfg.data.name not in TEXT_DATA_NAMES:
+        return
+    model = cfg.model["name"]
+    if cfg.data.name == "shakespeare_genre" and model not in ("gpt", "rnn_lm"):
+        raise ConfigError(
+            f"predict is for tabular/image runs; {run_dir} classifies text (data "
+            f"'{cfg.data.name}', model '{model}'): use `bigtrain eval {run_dir}` for its metrics"
+        )
+    raise ConfigError(
+        f"predict is for tabular/image runs; {run_dir} is a language model (data "
+        f"'{cfg.data.name}', model '{model}'): use `bigtrain generate {run_dir} --prompt ...`"
+    )
 
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            key = "x" if "x" in z else "X" if "X" in z else None
-            if key is None:
-                raise DataError(f"{path} has no array 'x' (found: {', '.join(z.files)})")
-            return np.asarray(z[key], dtype=np.float32), None
-    import pandas as pd
 
-    headerless = False
-    try:
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, header=None)
-            # a header row has names in it; a headerless file starts with a row of numbers
-            headerless = bool(pd.to_numeric(frame.iloc[0], errors="coerce").notna().all())
-            if not headerless:
-                frame = pd.read_csv(path)
-    except Exception as e:  # pandas raises many types for malformed files
-        raise DataError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-    if feature_names and not headerless:  # named columns: pick them by name, in training order
-        missing = [c for c in feature_names if c not in frame.columns]
-        if missing:
-            raise DataError(f"{path} lacks feature column '{missing[0]}' the model was trained on")
-        frame = frame[feature_names]
-    if frame.shape[1] != width:
-        raise DataError(f"{path} has {frame.shape[1]} feature columns, the model takes {width}")
-    try:
-        return frame.to_numpy(dtype=np.float32), frame
-    except ValueError:
-        raise DataError(f"{path} has non-numeric feature values") from None
+def _check_out(out: Path) -> None:
+    from bigtrain.errors import ConfigError
+
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name, e.g. {out / 'preds.csv'}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -141,19 +132,25 @@ def run_predict(args: argparse.Namespace) -> int:
 
     import torch
 
+    from bigtrain.data.files import existing_file, read_inputs
     from bigtrain.data.tables import apply_normalization
 
-    built, _ = load_run(args.run_dir)
+    if args.out:
+        _check_out(Path(args.out))
+    cfg = run_config(args.run_dir)
+    _check_predictable(cfg, args.run_dir)
+    existing_file(args.input, "input file")  # before the (slower) rebuild of the run
+    built, _ = load_run(args.run_dir, cfg=cfg)
     data = built.data
     width = math.prod(data.input_shape)
-    x, _frame = _read_inputs(Path(args.input), data.feature_names, width)
+    x = read_inputs(Path(args.input), data.feature_names, width)
     x = apply_normalization(x, data.normalization) if data.normalization else torch.from_numpy(x)
     x = x.reshape(len(x), *data.input_shape)
     model = built.trainer.state.model
     model.eval()
     with torch.no_grad():
         out = built.task.predict(model, x)
-    if data.kind == "classification":
+    if data.kind != "regression" and out.ndim == 2:  # softmax rows (also 2 classes by choice)
         names = data.class_names or [str(i) for i in range(out.shape[1])]
         header = ["prediction", *[f"p_{n}" for n in names]]
         rows = [[names[int(r.argmax())], *[f"{v:.6f}" for v in r.tolist()]] for r in out]

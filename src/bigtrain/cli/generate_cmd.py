@@ -29,12 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     """(model in eval mode, tokenizer) of a language-model run folder, without loading its data."""
+    from bigtrain.build import LANGUAGE_MODELS, model_block_size
     from bigtrain.callbacks.checkpointing import best_weights
     from bigtrain.cli.eval_cmd import run_config
     from bigtrain.core.checkpoint import load_weights
     from bigtrain.data.text import load_tokenizer
     from bigtrain.errors import CheckpointError, ConfigError
-    from bigtrain.lm import LANGUAGE_MODELS, model_block_size
     from bigtrain.models import build_model
 
     run_dir = Path(run_dir)
@@ -55,18 +55,35 @@ def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     return model.eval(), tokenizer
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """ConfigError naming the first sampling option out of range (before any model is loaded)."""
+    import math
+
+    from bigtrain.errors import ConfigError
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError(
+            f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}"
+        )
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(
+            f"--top-k must be >= 1 (leave it out to sample from all), got {args.top_k}"
+        )
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bigtrain.errors import ConfigError, DataError
+    from bigtrain.errors import DataError
     from bigtrain.models.generate import generate
 
-    if args.max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens must be at least 1")
-    if args.temperature < 0:
-        raise ConfigError("--temperature must be >= 0")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ConfigError("--top-p must be in (0, 1]")
+    check_args(args)
     model, tokenizer = load_language_model(args.run_dir, args.checkpoint)
     ids = tokenizer.encode(args.prompt)  # DataError names characters it does not know
     block = getattr(getattr(model, "config", None), "block_size", None)

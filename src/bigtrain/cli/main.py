@@ -26,13 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"bigtrain.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"bigtrain.cli.{name}":
-                continue  # command not built yet
-            raise
-        module.add_parser(sub)
+        # a command module that fails to import is a broken install: let the error surface
+        importlib.import_module(f"bigtrain.cli.{name}").add_parser(sub)
     return parser
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 
 from bigtrain.errors import ConfigError
 
@@ -33,7 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cmp.add_argument(
         "--lr", default="", help="per-optimizer LRs overriding the defaults, e.g. adam=0.1,sgd=1e-3"
     )
-    cmp.add_argument("--out", default=None, help="PNG path (default: optim_<function>.png)")
+    cmp.add_argument(
+        "--out",
+        default=None,
+        help="a .png path, or a folder to write optim_<function>.png into "
+        "(default: optim_<function>.png here)",
+    )
     cmp.set_defaults(func=run)
 
 
@@ -58,6 +65,29 @@ def parse_lrs(text: str, optimizers: list[str]) -> dict[str, float]:
     return lrs
 
 
+def plot_path(out: str | None, function: str) -> Path:
+    """Where the plot goes: ``out`` ending in .png, or ``optim_<function>.png`` in folder ``out``.
+
+    A folder is an existing one or a path ending in a slash (created); anything else is refused.
+    """
+    default = f"optim_{function}.png"
+    if out is None:
+        return Path(default)
+    path = Path(out).expanduser()
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        path = path / default
+    elif path.suffix.lower() != ".png":
+        raise ConfigError(
+            f"--out {out} is neither a folder nor a .png file; give e.g. {path.with_suffix('.png')}"
+        )
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # missing folders are created; the first existing one must be
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -79,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     lrs = parse_lrs(args.lr, names)
+    out_path = plot_path(args.out, fn.name)
 
     results = cmp.compare(fn.name, names, steps=args.steps, lrs=lrs)
     table = Table(title=f"{fn.name}: {args.steps} steps from {fn.start}, minimum at {fn.minimum}")
@@ -94,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             f"{cmp.distance_to_minimum(fn, traj.points[-1]):.3g}",
             "-" if reached is None else str(reached),
         )
-    out = cmp.plot_comparison(results, fn.name, args.out or f"optim_{fn.name}.png")
+    out = cmp.plot_comparison(results, fn.name, out_path)
     console = Console()
     console.print(table)
     console.print(f"plot: {out}", highlight=False, soft_wrap=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 from pathlib import Path
 
 
@@ -61,12 +61,29 @@ def run_cp(args: argparse.Namespace) -> int:
     from bigtrain.errors import ConfigError
 
     src = recipe_path(args.recipe)
-    dest = Path(args.dest)
+    dest = Path(args.dest).expanduser()
     if dest.is_dir():
         dest = dest / src.name
+    elif args.dest.endswith(("/", os.sep)):  # cp semantics: a trailing slash names a folder
+        raise ConfigError(f"cannot copy to {args.dest}: no such folder")
     if dest.exists():
         raise ConfigError(f"{dest} already exists; choose another destination")
-    shutil.copyfile(src, dest)
+    if not dest.parent.is_dir():
+        what = "is not a folder" if dest.parent.exists() else "does not exist"
+        raise ConfigError(f"cannot copy to {dest}: folder {dest.parent} {what}")
+    text = src.read_text()
+    try:
+        f = open(dest, "x")  # "x": never overwrite a file that appeared meanwhile
+    except OSError as e:
+        raise ConfigError(f"cannot write {dest}: {e.strerror or e}") from None
+    try:
+        with f:
+            f.write(text)
+    except BaseException as e:
+        dest.unlink(missing_ok=True)  # no half-written recipe
+        if isinstance(e, OSError):
+            raise ConfigError(f"cannot write {dest}: {e.strerror or e}") from None
+        raise
     print(dest)
     return 0
 

@@ -112,15 +112,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, A
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir_beside(path)
     except OSError as e:
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {describe_os_error(e)}"
-        ) from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {describe_os_error(e)}") from None
     try:
         save_model(model, str(tmp / "model.safetensors"))
         tensors: dict[str, torch.Tensor] = {}
         meta = {"format_version": FORMAT_VERSION, "state": _flatten(state, "s", tensors)}
         save_file(tensors, str(tmp / "state.safetensors"))
-        meta["sha256"] = {n: file_sha256(tmp / n) for n in ("model.safetensors", "state.safetensors")}
+        meta["sha256"] = {
+            n: file_sha256(tmp / n) for n in ("model.safetensors", "state.safetensors")
+        }
         with open(tmp / "trainer.json", "w") as f:
             json.dump(meta, f)
         for name in ("model.safetensors", "state.safetensors", "trainer.json"):
@@ -129,9 +129,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, A
         replace_folder(tmp, path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {describe_os_error(e)}"
-        ) from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {describe_os_error(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -65,6 +65,23 @@ def planned_steps(
     return by_epochs if max_steps is None else min(max_steps, by_epochs)
 
 
+def finished_reason(
+    saved: dict[str, Any], max_steps: int | None, max_epochs: int | None
+) -> str | None:
+    """Why a checkpoint's run cannot continue under these limits (None: it can)."""
+    stop, step, epoch = saved.get("stop_reason", ""), saved.get("step", 0), saved.get("epoch", 0)
+    if stop and stop != "completed":
+        return f"it is finished ({stop}, at step {step}); nothing to resume"
+    if (max_steps is not None and step >= max_steps) or (
+        max_epochs is not None and epoch >= max_epochs
+    ):
+        return (
+            f"it is finished: it reached step {step}, epoch {epoch}; raise trainer.max_steps "
+            "or trainer.max_epochs to train further"
+        )
+    return None
+
+
 class Trainer:
     """Trains ``model`` on ``train_data`` with ``task``'s loss.
 
@@ -208,7 +225,9 @@ class Trainer:
     def train_step(self, batch: Any) -> None:
         """One optimizer step: forward/backward over micro-batches, clip, set lr, step."""
         s, strategy, fire = self.state, self.strategy, self.callbacks.fire
-        micro_batches = split_batch(batch, self.grad_accum) if self.grad_accum > 1 else [(batch, 1.0)]
+        micro_batches = (
+            split_batch(batch, self.grad_accum) if self.grad_accum > 1 else [(batch, 1.0)]
+        )
         total = None
         for i, (micro, share) in enumerate(micro_batches):
             with strategy.gradient_sync(last=i == len(micro_batches) - 1), strategy.autocast():
@@ -357,16 +376,9 @@ class Trainer:
             set_rng_state(saved["rng"])
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} does not match this run ({e})") from None
-        if s.stop_reason and s.stop_reason != "completed":
-            raise RunFinishedError(
-                f"the run in {path} is finished ({s.stop_reason}, at step {s.step}); "
-                "nothing to resume"
-            )
-        if self._limit_reached():
-            raise RunFinishedError(
-                f"the run in {path} is finished: it reached step {s.step}, epoch {s.epoch}; "
-                "raise trainer.max_steps or trainer.max_epochs to train further"
-            )
+        reason = finished_reason(saved, self.step_limit, self.epoch_limit)
+        if reason is not None:
+            raise RunFinishedError(f"the run in {path}: {reason}")
         s.stop_reason = ""
         if s.schedule is not None and s.step > 0:
             s.lr = s.schedule(s.step - 1)

@@ -105,24 +105,45 @@ def _short_list(items: list[str], n: int = 12) -> str:
 def read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read arrays ``x`` and ``y`` (or ``X`` and ``y``/``Y``) from a NumPy ``.npz`` file."""
     p = existing_file(path)
-    try:
-        with np.load(p, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            xk = next((k for k in ("x", "X") if k in keys), None)
-            yk = next((k for k in ("y", "Y") if k in keys), None)
-            if xk is None or yk is None:
-                raise DataError(
-                    f"{p} must hold arrays 'x' and 'y' (or 'X' and 'y'); it has: "
-                    f"{', '.join(repr(k) for k in keys) or 'no arrays'}"
-                )
-            x, y = archive[xk], archive[yk]
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise DataError(f"cannot read {p} as a NumPy .npz archive ({_first_line(e)})") from None
+    x, y = _npz_arrays(p, [("x", "X"), ("y", "Y")], "arrays 'x' and 'y' (or 'X' and 'y')")
     if len(x) != len(y):
         raise DataError(f"{p}: x has {len(x)} examples but y has {len(y)}")
     return x, y
+
+
+def _npz_arrays(p: Path, wanted: list[tuple[str, ...]], what: str) -> list[np.ndarray]:
+    """The arrays of an .npz archive named by ``wanted`` (each: accepted spellings of one key).
+
+    Never unpickles: an archive of Python objects is refused with one line, like a corrupt one.
+    """
+    try:
+        archive = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"cannot read {p} as a NumPy .npz archive ({_npz_problem(e)})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array
+        raise DataError(
+            f"{p} is a single .npy array, not an .npz archive; save it with np.savez(path, x=...)"
+        )
+    try:
+        with archive:
+            keys = list(archive.files)
+            found = [next((k for k in names if k in keys), None) for names in wanted]
+            if None in found:
+                raise DataError(
+                    f"{p} must hold {what}; it has: "
+                    f"{', '.join(repr(k) for k in keys) or 'no arrays'}"
+                )
+            return [archive[k] for k in found]
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"cannot read {p} as a NumPy .npz archive ({_npz_problem(e)})") from None
+
+
+def _npz_problem(e: BaseException) -> str:
+    if "allow_pickle" in str(e):
+        return "it holds pickled Python objects, which bigtrain never loads; save numeric arrays"
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
@@ -215,3 +236,97 @@ def read_idx_pair(images: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"IDX labels {labels_path} have shape {y.shape}; expected ({len(x)},) to match {images}"
         )
     return x, y
+
+
+# ----------------------------------------------------------------------------- new inputs
+def read_inputs(path: str | Path, feature_names: list[str] | None, width: int) -> np.ndarray:
+    """The (N, width) float32 inputs of new examples in a CSV, Parquet or .npz (key ``x``) file.
+
+    A table with a header row is matched to the model by ``feature_names`` (in training order);
+    a headerless CSV must have exactly ``width`` columns. Raises DataError naming the file on a
+    missing, unreadable or empty file, a width that does not fit the model, and naming the row
+    and column of the first non-numeric, NaN or infinite value.
+    """
+    p = existing_file(path, "input file")
+    if p.suffix.lower() == ".npz":
+        (raw,) = _npz_arrays(p, [("x", "X")], "an array 'x' (or 'X') of inputs")
+        if raw.dtype.kind not in "biuf":
+            raise DataError(f"inputs 'x' in {p} have dtype {raw.dtype}; they must be numbers")
+        if raw.ndim == 0 or len(raw) == 0:
+            raise DataError(f"inputs 'x' in {p} hold no examples (shape {raw.shape})")
+        x = raw.reshape(len(raw), -1).astype(np.float32)  # 1-D: one feature per example
+        return _checked_inputs(x, p, width, columns=None, first_line=None)
+    frame, header, first_line = _read_input_table(p)
+    if header:
+        frame.columns = [str(c) for c in frame.columns]
+    if header and feature_names:  # named columns: by name, in training order
+        missing = [c for c in feature_names if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{p} lacks feature column '{missing[0]}' the model was trained on"
+                f"{did_you_mean(missing[0], list(frame.columns))}"
+            )
+        frame = frame[feature_names]
+    if frame.shape[1] != width:
+        raise DataError(f"{p} has {frame.shape[1]} feature columns, the model takes {width}")
+    names = list(frame.columns) if header else None
+    import pandas as pd
+
+    columns = []
+    for j in range(frame.shape[1]):
+        col = frame.iloc[:, j]
+        if col.dtype.kind not in "biuf":
+            values = pd.to_numeric(col, errors="coerce")
+            bad = (values.isna() & col.notna()).to_numpy()
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                where = _cell(p, i, j, names, first_line)
+                raise DataError(f"{where} is {str(col.iloc[i])!r:.40}, not a number")
+            col = values
+        columns.append(col.to_numpy(dtype=np.float32))
+    x = np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0), np.float32)
+    return _checked_inputs(x, p, width, names, first_line)
+
+
+def _read_input_table(p: Path) -> tuple[Any, bool, int | None]:
+    """(DataFrame, whether it has named columns, file line of its first row: None for Parquet)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise DataError(f"reading {p} needs pandas: pip install 'bigtrain[tables]'") from None
+    if p.suffix.lower() in (".parquet", ".pq"):
+        return read_table(p), True, None
+    try:
+        frame = pd.read_csv(p, header=None)
+        # a header row has names in it; a headerless file starts with a row of numbers
+        if len(frame) and pd.to_numeric(frame.iloc[0], errors="coerce").notna().all():
+            return frame, False, 1
+        return pd.read_csv(p), True, 2
+    except pd.errors.EmptyDataError:
+        raise DataError(f"input file {p} is empty") from None
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise DataError(f"cannot read {p}: {_first_line(e)}") from None
+
+
+def _cell(p: Path, i: int, j: int, names: list[str] | None, line0: int | None) -> str:
+    column = f"column '{names[j]}'" if names else f"column {j + 1}"
+    line = f" (line {line0 + i})" if line0 is not None else ""
+    return f"{p}: row {i + 1}{line}, {column}"
+
+
+def _checked_inputs(
+    x: np.ndarray, p: Path, width: int, columns: list[str] | None, first_line: int | None
+) -> np.ndarray:
+    if len(x) == 0:
+        raise DataError(f"input file {p} has no rows to predict")
+    if x.shape[1] != width:
+        raise DataError(f"inputs in {p} have {x.shape[1]} features each, the model takes {width}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        value = "missing or NaN" if np.isnan(x[i, j]) else "infinite"
+        raise DataError(
+            f"{_cell(p, i, j, columns, first_line)} is {value}; every input must be a finite "
+            "number (fill or drop that row)"
+        )
+    return x

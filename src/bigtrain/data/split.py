@@ -15,6 +15,7 @@ from bigtrain.data.tables import (
     apply_normalization,
     encode_targets,
     fit_normalization,
+    target_task,
 )
 from bigtrain.errors import ConfigError, DataError
 
@@ -88,13 +89,20 @@ def kfold_indices(
     return [(tr.astype(np.int64), va.astype(np.int64)) for tr, va in folds]
 
 
-def load_data(cfg: DataConfig, fold: tuple[int, int] | None = None) -> DataBundle:
+def load_data(
+    cfg: DataConfig, fold: tuple[int, int] | None = None, task: str | None = None
+) -> DataBundle:
     """Load, split and standardise the data set that ``cfg`` names.
 
     Steps: load -> keep the first ``limit`` examples -> encode the targets -> split (or, with
     ``fold=(i, k)``, hold the test split out first, exactly as without folds, and make fold ``i``
     of ``k`` of the rest the validation split) -> fit the normalisation on the train split
     only -> float32/int64 tensors.
+
+    ``task`` is the recipe's ``task.name``. With ``data.task: auto`` it decides how targets are
+    read (see ``target_task``): ``classification``/``binary`` turn whole-number float targets
+    (0.0/1.0) into class ids, exactly as ``data.task: classification`` does; ``binary`` then
+    needs exactly 2 classes.
     """
     x, y, meta = DATASETS.get(cfg.name)(cfg)
     x, y = _checked(x, y, cfg.name)
@@ -115,14 +123,20 @@ def load_data(cfg: DataConfig, fold: tuple[int, int] | None = None) -> DataBundl
             f"'{cfg.name}' says its images are {image_shape} but has inputs {x.shape[1:]}"
         )
 
+    how, setting = target_task(cfg.task, task)
     kind, y_ids, y_test, num_classes, class_names = encode_targets(
-        y, None if test is None else test[1], cfg.task, meta.get("kind")
+        y, None if test is None else test[1], how, meta.get("kind"), setting
     )
     if kind != "regression" and class_names is None:
         known = meta.get("class_names")
         if known and num_classes is not None and num_classes <= len(known):
             num_classes, class_names = len(known), list(known)  # a sample may miss a class
             kind = "binary" if num_classes == 2 else "classification"
+    if task == "binary" and kind == "classification":
+        raise DataError(
+            f"task.name 'binary' needs 2 classes, but the targets of '{cfg.name}' have "
+            f"{num_classes}; use task.name: classification"
+        )
     strat = y_ids if cfg.stratify and kind != "regression" else None
     train_idx, val_idx, test_idx = _split_indices(cfg, len(x), strat, test is not None, fold)
 

@@ -80,15 +80,37 @@ class DataBundle:
         return 1 if self.train.y.ndim == 1 else int(self.train.y.shape[1])
 
 
+def target_task(data_task: str, task_name: str | None) -> tuple[str, str]:
+    """How to read the targets, and the setting that decided it: ``(task, setting)``.
+
+    ``data.task`` wins when it is not ``auto``; otherwise the recipe's ``task.name`` decides
+    (``classification`` and ``binary`` read targets as class labels, so float 0.0/1.0 columns
+    become ids; ``regression`` reads them as values, so integer columns become floats); any other
+    task name (``auto``, ``language_model``) leaves it to inference.
+    """
+    if data_task != "auto" or task_name is None:
+        return data_task, "data.task"
+    if task_name in ("classification", "binary"):
+        return "classification", "task.name"
+    if task_name == "regression":
+        return "regression", "task.name"
+    return "auto", "data.task"
+
+
 def encode_targets(
-    y: np.ndarray, y_test: np.ndarray | None, task: str, hint: str | None = None
+    y: np.ndarray,
+    y_test: np.ndarray | None,
+    task: str,
+    hint: str | None = None,
+    setting: str = "data.task",
 ) -> tuple[Kind, np.ndarray, np.ndarray | None, int | None, list[str] | None]:
     """Decide the kind of task and turn raw targets into int64 ids or float32 values.
 
     Integer labels starting at 0 are kept as ids (C = max + 1, so a class missing from a small
     sample keeps its id); any other labels (strings, negative or offset integers) become ids in
     sorted order and their values become class names.
-    Test labels must be among the training labels.
+    Test labels must be among the training labels. ``setting`` names the recipe key that asked
+    for ``task`` (for the error on continuous labels).
 
     Returns:
         (kind, y, y_test, num_classes, class_names); class_names is None when ids were kept.
@@ -105,7 +127,7 @@ def encode_targets(
         )
     if y.ndim != 1:
         raise DataError(f"classification labels must be one per example (1-D), got shape {y.shape}")
-    keys, y_ids, num_classes, names = _label_ids(y)
+    keys, y_ids, num_classes, names = _label_ids(y, setting)
     y_test_ids = None
     if y_test is not None:
         y_test_ids = _map_labels(y_test, keys, num_classes)
@@ -143,7 +165,9 @@ def _as_values(y: np.ndarray, what: str) -> np.ndarray:
     return out
 
 
-def _label_ids(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, list[str] | None]:
+def _label_ids(
+    y: np.ndarray, setting: str = "data.task"
+) -> tuple[np.ndarray, np.ndarray, int, list[str] | None]:
     """(sorted unique raw labels, int64 ids, number of classes, class names or None)."""
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
@@ -152,7 +176,7 @@ def _label_ids(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, list[str] | 
             bad = _show(y[y != np.round(y)][0])
             raise DataError(
                 f"classification labels must be whole numbers or names, got {bad}; "
-                "set data.task: regression for continuous targets"
+                f"set {setting}: regression for continuous targets"
             )
         y = y.astype(np.int64)
     if y.dtype.kind == "O":

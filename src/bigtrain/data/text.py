@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -29,6 +30,7 @@ from bigtrain.data.corpus import (
     source_fingerprint,
     source_hash,
 )
+from bigtrain.data.scratch import make_temp_dir, remove_stale_temp_dirs
 from bigtrain.data.tokens import PreparedText, token_dtype
 from bigtrain.errors import ConfigError, DataError, did_you_mean
 
@@ -49,6 +51,7 @@ TOKENIZER_TYPES = ("char", "bpe")
 #: Bump when prepared folders change meaning: it is part of the cache key.
 PREPARED_FORMAT = 1
 DEFAULT_CACHE_ROOT = Path("~/.cache/bigtrain/text")
+_CACHE_NAME = re.compile(r"[0-9a-f]{20}")  # the folders prepare_cached names
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -403,7 +406,8 @@ def prepare_text(
     docs = load_sources(sources)
     characters = sum(len(t) for _, t in docs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_stale_temp_dirs(out_dir.parent, out_dir.name)  # left by a killed prepare
+    tmp = make_temp_dir(out_dir)
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         with _progress(progress) as bar:
@@ -467,5 +471,6 @@ def prepare_cached(
     out = root / hashlib.sha256(key.encode()).hexdigest()[:20]
     if (out / "meta.json").is_file():
         return out
+    remove_stale_temp_dirs(root, _CACHE_NAME)  # of any cached text, not only this one
     prepare_text(docs or spec, tokenizer, vocab_size, out, val_fraction, progress, replace=False)
     return out

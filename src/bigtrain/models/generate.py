@@ -8,6 +8,8 @@ exactly what ``use_cache=False`` computes, so both paths give the same tokens.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -87,8 +89,8 @@ def generate(
         )
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature} must be a number >= 0 (0 = greedy)")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1 (or None)")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -130,12 +132,12 @@ def _gpt_cached(model: GPT, out: torch.Tensor, T0: int, sample) -> None:
     """Fill ``out[:, T0:]`` using the KV cache while the sequence fits in block_size."""
     block = model.config.block_size
     cache = model.make_kv_cache(out.size(0), max_len=min(out.size(1), block))
-    logits, _ = model(out[:, max(0, T0 - block) : T0], kv_cache=cache)  # prefill
+    logits = model(out[:, max(0, T0 - block) : T0], kv_cache=cache).logits  # prefill
     for n in range(T0, out.size(1)):
         out[:, n] = sample(logits)
         if n + 1 == out.size(1):
             break
         if cache.pos < cache.max_len:  # out[:, :n] is cached: feed only the new token
-            logits, _ = model(out[:, n : n + 1], kv_cache=cache)
+            logits = model(out[:, n : n + 1], kv_cache=cache).logits
         else:  # window full: positions shift, recompute the last block_size tokens
-            logits, _ = model(out[:, n + 1 - block : n + 1])
+            logits = model(out[:, n + 1 - block : n + 1]).logits

@@ -108,9 +108,7 @@ class RNNLM(nn.Module):
         out, state = self.rnn(x, state)  # (B, T, hidden)
         return self.head(self.drop(out)), state
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> LMOutput:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> LMOutput:
         """Logits (B, T, vocab) and mean cross-entropy (targets == -1 ignored) if targets given."""
         logits, _ = self.step(idx)
         if targets is None:

@@ -22,7 +22,6 @@ from bigtrain.core.schedule import FunctionSchedule, Schedule
 from bigtrain.errors import ConfigError
 from bigtrain.optim.config import ScheduleConfig
 
-
 SCHEDULES: Registry[Callable[..., Schedule]] = Registry("lr schedule")
 
 

@@ -206,12 +206,23 @@ def summary_rows(run: RunData) -> list[tuple[str, Any]]:
 
 
 def final_test_metrics(run: RunData) -> dict[str, Any]:
-    """Test metrics from summary.json, else from the last test record."""
+    """Final metrics from summary.json (of its ``test_split``), else the last test record."""
     test = run.summary.get("test")
     if isinstance(test, dict) and test:
         return test
     last = [r for r in run.records if r.get("kind") == "test"]
     return {k: v for k, v in last[-1].items() if k not in figures.BOOKKEEPING} if last else {}
+
+
+_SPLIT_TITLES = {"test": "Test", "val": "Validation", "train": "Train"}
+
+
+def final_metrics_heading(summary: dict[str, Any]) -> str:
+    """The title of the final metrics: named after the split evaluated (``test_split``; a
+    language model without a test split reports its validation split)."""
+    split = summary.get("test_split") or "test"
+    name = _SPLIT_TITLES.get(split, str(split).capitalize()) if isinstance(split, str) else "Test"
+    return html.escape(f"{name} metrics")
 
 
 def confusion_matrix(summary: dict[str, Any], warnings: list[str]) -> list[list[int]] | None:
@@ -261,7 +272,8 @@ def render_html(run: RunData) -> str:
     parts.append('<h2 id="summary">Summary</h2>' + table(summary_rows(run)))
     test = final_test_metrics(run)
     if test:
-        parts.append('<h2 id="test">Test metrics</h2>' + table(test.items(), ("metric", "value")))
+        heading = final_metrics_heading(run.summary)
+        parts.append(f'<h2 id="test">{heading}</h2>' + table(test.items(), ("metric", "value")))
     notes = run.summary.get("notes")
     if isinstance(notes, dict) and notes:
         parts.append('<h2 id="notes">Notes</h2>' + table(notes.items(), ("key", "value")))
