@@ -11,6 +11,7 @@ Rows: the plain eager fp32 loop (the baseline), bigtrain running the same settin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shutil
 import statistics
@@ -69,15 +70,12 @@ def bigtrain_rate(
 def plain_rate(recipe: str, steps: int, warmup: int) -> float:
     """nanoGPT's train.py loop, written out by hand (eager, fp32)."""
     from bigtrain.data.tokens import PreparedText, TokenWindowSampler
-    from bigtrain.models.gpt import GPT, GPTConfig
+    from bigtrain.models.gpt import GPT
 
     cfg = load_recipe(recipe)
     prepared = PreparedText.load(prepared_folder(cfg, quiet=True))
-    params = {k: v for k, v in cfg.model.items() if k != "name"}
     torch.manual_seed(cfg.seed)
-    model = GPT(
-        GPTConfig(**{**params, "moe": params.get("moe", {})}, vocab_size=prepared.vocab_size)
-    )
+    model = GPT(dataclasses.replace(cfg.model.config, vocab_size=prepared.vocab_size))
     block, batch = model.config.block_size, cfg.data.batch_size
     sampler = TokenWindowSampler(prepared.train_path, prepared.dtype, block, batch, seed=cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]

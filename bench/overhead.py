@@ -167,10 +167,7 @@ def lightning_run(recipe, steps, lean):
 
 
 def _model_cfg(cfg):
-    from bigtrain.models import validate_model_config
-
-    params = {k: v for k, v in cfg.model.items() if k != "name"}
-    return validate_model_config(cfg.model["name"], params)
+    return cfg.model.config
 
 
 def main() -> None:

@@ -152,8 +152,12 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, quiet: bool = Fal
             f"run folder {run_dir} already holds a run{status}; pass --resume to continue it "
             "or choose another --run-dir"
         )
-    old = _flat(saved_config(run_dir))
-    new = _flat(cfg.model_dump(mode="json"))
+    from bigtrain.config.loader import validate
+
+    # both sides validated: a field that one side spells out and the other leaves at its
+    # default is the same run
+    saved = validate(saved_config(run_dir), str(run_dir / "config.yaml"))
+    old, new = _flat(saved.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
     changed = sorted(
         k
         for k in old.keys() | new.keys()

@@ -25,7 +25,7 @@ def test_shipped_recipes_all_load():
     assert "digits-mlp" in names and "tiny/digits-mlp" in names
     for name in names:
         cfg = load_recipe(name)
-        assert cfg.model["name"]
+        assert cfg.model.name
 
 
 def test_base_inheritance_and_overrides(tmp_path):
@@ -33,7 +33,7 @@ def test_base_inheritance_and_overrides(tmp_path):
     child = write(tmp_path, "child.yaml", "base: base.yaml\noptim: {lr: 0.5}\n")
     cfg = load_recipe(child, ["trainer.max_epochs=7", "model.hidden=[4, 4]"])
     assert cfg.optim.lr == 0.5 and cfg.trainer.max_epochs == 7
-    assert cfg.model["hidden"] == [4, 4] and cfg.data.name == "iris"
+    assert cfg.model.config.hidden == [4, 4] and cfg.data.name == "iris"
     assert cfg.name == "child"
     again = load_recipe(write(tmp_path, "dumped.yaml", dump_config(cfg)))
     assert again == cfg

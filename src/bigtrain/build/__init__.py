@@ -7,7 +7,7 @@ optimizer -> schedule -> callbacks -> Trainer. One builder per kind of data is r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bigtrain._registry import Registry
@@ -19,7 +19,6 @@ from bigtrain.build.common import (
     eval_batches,
     make_model,
     make_strategy,
-    model_params,
     monitor_mode_for,
     resolve_device,
     resolve_precision,
@@ -59,14 +58,18 @@ def build(
     run_dir: Path | None = None,
     fold: tuple[int, int] | None = None,
     quiet: bool = False,
+    extra_wrappers: Sequence[BuildWrapper] = (),
 ) -> Components:
-    """Build every component a recipe describes, with the builder of its data kind."""
+    """Build every component a recipe describes, with the builder of its data kind.
+
+    ``extra_wrappers`` add features at ``assemble``'s seams after the recipe's own.
+    """
     kind = data_kind(cfg)
     if fold is not None:
         if kind != "tabular":
             raise ConfigError("cross-validation applies to tabular and image data, not text")
-        return build_tabular(cfg, run_dir, fold=fold, quiet=quiet)
-    return BUILDERS.get(kind)(cfg, run_dir, quiet=quiet)
+        return build_tabular(cfg, run_dir, fold=fold, quiet=quiet, extra_wrappers=extra_wrappers)
+    return BUILDERS.get(kind)(cfg, run_dir, quiet=quiet, extra_wrappers=extra_wrappers)
 
 
 __all__ = [
@@ -86,7 +89,6 @@ __all__ = [
     "make_model",
     "make_strategy",
     "model_block_size",
-    "model_params",
     "monitor_mode_for",
     "prepared_folder",
     "resolve_device",

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bigtrain.callbacks import Checkpointer, EarlyStopping, HealthCheck, MetricsLogger, ProgressBar
-from bigtrain.config.schema import RunConfig
+from bigtrain.config.schema import ModelSpec, RunConfig
 from bigtrain.core.callback import Callback
 from bigtrain.core.loop import Trainer, planned_steps
 from bigtrain.core.state import BatchSource
@@ -92,11 +92,6 @@ def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> li
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
-def model_params(cfg: RunConfig) -> dict[str, Any]:
-    """The model section's keys without ``name``."""
-    return {k: v for k, v in cfg.model.items() if k != "name"}
-
-
 def _available_memory() -> int | None:
     try:
         with open("/proc/meminfo") as f:
@@ -112,15 +107,16 @@ def make_model(
     cfg: RunConfig,
     input_shape: tuple[int, ...],
     num_outputs: int,
-    params: dict[str, Any] | None = None,
+    spec: ModelSpec | None = None,
 ) -> nn.Module:
-    """Build the recipe's model after checking that its weights fit in memory.
+    """Build the recipe's model (or ``spec``) after checking that its weights fit in memory.
 
     The model is first built on the meta device (no memory), so a typo such as
     ``model.hidden=[100000000]`` is a clear error naming the size instead of an out-of-memory
     crash.
     """
-    name, params = cfg.model["name"], params if params is not None else model_params(cfg)
+    spec = spec or cfg.model
+    name, params = spec.name, spec.config
     with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the seeded init stays put
         shape_only = build_model(name, params, input_shape, num_outputs)
     n = sum(p.numel() for p in shape_only.parameters())
@@ -236,13 +232,12 @@ def assemble(
     quiet: bool = False,
     logger_kwargs: dict[str, Any] | None = None,
     first_callbacks: dict[str, Callback] | None = None,
-    wrappers: Sequence[BuildWrapper] | None = None,
+    extra_wrappers: Sequence[BuildWrapper] = (),
     counts_tokens: bool = False,
 ) -> Components:
     """Strategy, wrappers, optimizer, schedules, callbacks and the Trainer for any kind of run.
 
-    ``wrappers`` default to those the recipe asks for (``default_wrappers``); a caller adding a
-    feature passes ``default_wrappers(...) + [its wrapper]``.
+    The recipe's own wrappers (``default_wrappers``) apply first, then ``extra_wrappers``.
     """
     tr = cfg.trainer
     batch_sched = (
@@ -257,7 +252,7 @@ def assemble(
         # the recipe's monitored metric becomes the task's: every periodic evaluation computes
         # it and reduce-on-plateau observes it
         task.monitor = tr.monitor.split("/", 1)[1]
-    wrappers = default_wrappers(cfg, total) if wrappers is None else list(wrappers)
+    wrappers = [*default_wrappers(cfg, total), *extra_wrappers]
     for w in wrappers:
         model = w.wrap_model(model, cfg)
     for w in wrappers:

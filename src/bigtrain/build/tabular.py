@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from bigtrain.build.common import (
+    BuildWrapper,
     Components,
     assemble,
     eval_batches,
@@ -48,7 +50,11 @@ def build_task(cfg: RunConfig, kind: str, num_outputs: int) -> Task:
 
 
 def build_tabular(
-    cfg: RunConfig, run_dir: Path | None, fold: tuple[int, int] | None = None, quiet: bool = False
+    cfg: RunConfig,
+    run_dir: Path | None,
+    fold: tuple[int, int] | None = None,
+    quiet: bool = False,
+    extra_wrappers: Sequence[BuildWrapper] = (),
 ) -> Components:
     """Data set -> model -> task -> optimizer -> Trainer for (x, y) data."""
     from bigtrain.data import load_data, make_loader
@@ -68,7 +74,10 @@ def build_tabular(
     loader = make_loader(train, cfg.data, seed=cfg.seed)
     val = data.val if data.val is not None and len(data.val) else None
     val_batches = eval_batches(val.x, val.y) if val is not None else None
-    built = assemble(cfg, model, task, loader, val_batches, run_dir, data, quiet=quiet)
+    built = assemble(
+        cfg, model, task, loader, val_batches, run_dir, data, quiet=quiet,
+        extra_wrappers=extra_wrappers,
+    )  # fmt: skip
     if data.test is not None and len(data.test):
         built.test_batches = eval_batches(data.test.x, data.test.y)
     return built

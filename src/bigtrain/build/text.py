@@ -5,17 +5,18 @@ Both end in ``assemble`` (the same loop, callbacks and run folder as tabular run
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bigtrain.build.common import (
+    BuildWrapper,
     Components,
     assemble,
     eval_batches,
     make_model,
-    model_params,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -24,7 +25,7 @@ from bigtrain.config.schema import RunConfig
 from bigtrain.core.callback import Callback
 from bigtrain.core.state import TrainState
 from bigtrain.errors import ConfigError
-from bigtrain.models import GPT, MODELS, validate_model_config
+from bigtrain.models import GPT
 from bigtrain.tasks import ClassificationTask, LanguageModelTask
 
 LANGUAGE_MODELS = ("gpt", "rnn_lm")
@@ -72,10 +73,9 @@ def prepared_folder(cfg: RunConfig, quiet: bool) -> Path:
 
 
 def model_block_size(cfg: RunConfig) -> int:
-    model_cfg = validate_model_config(cfg.model["name"], model_params(cfg))
-    block = getattr(model_cfg, "block_size", None)
+    block = cfg.model.fields().get("block_size")
     if not block:
-        raise ConfigError(f"model '{cfg.model['name']}' has no block_size (context length)")
+        raise ConfigError(f"model '{cfg.model.name}' has no block_size (context length)")
     return int(block)
 
 
@@ -94,12 +94,17 @@ def language_model_task(cfg: RunConfig) -> LanguageModelTask:
     return LanguageModelTask(metrics=t.metrics)
 
 
-def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = False) -> Components:
+def build_language_model(
+    cfg: RunConfig,
+    run_dir: Path | None,
+    quiet: bool = False,
+    extra_wrappers: Sequence[BuildWrapper] = (),
+) -> Components:
     """Token files -> random-window sampler -> GPT/RNN LM -> Trainer with MFU logging."""
     from bigtrain.data.text import load_tokenizer
     from bigtrain.data.tokens import PreparedText, TokenWindowSampler, fixed_eval_batches
 
-    name = cfg.model["name"]
+    name = cfg.model.name
     if name not in LANGUAGE_MODELS:
         raise ConfigError(f"model '{name}' is not a language model; use one of {LANGUAGE_MODELS}")
     task = language_model_task(cfg)
@@ -140,6 +145,7 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
         quiet=quiet,
         logger_kwargs=logger_kwargs,
         first_callbacks={"train_loss_estimate": TrainLossEstimate(train_eval)},
+        extra_wrappers=extra_wrappers,
         counts_tokens=True,
     )
     built.extras.update(block_size=block, flops_per_token=flops or 0.0, prepared=prepared)
@@ -150,7 +156,12 @@ def build_language_model(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fal
     return built
 
 
-def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = False) -> Components:
+def build_text_classifier(
+    cfg: RunConfig,
+    run_dir: Path | None,
+    quiet: bool = False,
+    extra_wrappers: Sequence[BuildWrapper] = (),
+) -> Components:
     """Shakespeare genre passages -> char or BPE tokens (pad = an extra id) -> classifier."""
     from bigtrain.data import InMemoryLoader
     from bigtrain.data.tables import DataBundle, Split
@@ -187,15 +198,12 @@ def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fa
         input_shape=(block,),
         class_names=classes,
     )
-    params = model_params(cfg)
-    if "vocab_size" not in MODELS.get(cfg.model["name"]).Config.__dataclass_fields__:
+    if "vocab_size" not in cfg.model.fields():
         raise ConfigError(
-            f"model '{cfg.model['name']}' cannot read tokens (use encoder or rnn_classifier)"
+            f"model '{cfg.model.name}' cannot read tokens (use encoder or rnn_classifier)"
         )
-    params["vocab_size"] = pad + 1
-    if cfg.model["name"] == "encoder":
-        params["pad_id"] = pad
-    model = make_model(cfg, (block,), len(classes), params)
+    vocab = {"vocab_size": pad + 1} | ({"pad_id": pad} if cfg.model.name == "encoder" else {})
+    model = make_model(cfg, (block,), len(classes), cfg.model.replace(**vocab))
     if cfg.task.name not in ("auto", "classification") or cfg.task.loss not in (
         "auto",
         "cross_entropy",
@@ -212,6 +220,7 @@ def build_text_classifier(cfg: RunConfig, run_dir: Path | None, quiet: bool = Fa
         run_dir,
         data,
         quiet=quiet,
+        extra_wrappers=extra_wrappers,
     )
     built.test_batches = eval_batches(data.test.x, data.test.y, 256)
     built.tokenizer = tokenizer

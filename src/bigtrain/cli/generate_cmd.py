@@ -39,15 +39,14 @@ def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    name = cfg.model["name"]
+    name = cfg.model.name
     if name not in LANGUAGE_MODELS:
         raise ConfigError(f"{run_dir} trained a '{name}' model, not a language model")
     tok_file = run_dir / "tokenizer.json"
     if not tok_file.is_file():
         raise CheckpointError(f"{run_dir} has no tokenizer.json")
     tokenizer = load_tokenizer(tok_file)
-    params = {k: v for k, v in cfg.model.items() if k != "name"}
-    model = build_model(name, params, (model_block_size(cfg),), tokenizer.vocab_size)
+    model = build_model(name, cfg.model.config, (model_block_size(cfg),), tokenizer.vocab_size)
     ckpt = best_weights(run_dir, checkpoint)
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no checkpoint")

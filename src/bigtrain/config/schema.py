@@ -3,14 +3,16 @@ assembles them. Unknown keys are errors (extra="forbid"), values are validated o
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -22,6 +24,50 @@ from bigtrain.optim.config import (
     RegularizationConfig,
     ScheduleConfig,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The ``model:`` section, validated: a registered model's name and its typed Config.
+
+    ``config`` is the model's own Config dataclass (``MLPConfig``, ``GPTConfig``...), checked
+    once here; builders pass it on as it is. In YAML the section is ``{name: ..., <fields>}``.
+    """
+
+    name: str
+    config: Any
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """A copy with some Config fields changed (values the builder learns from the data)."""
+        return ModelSpec(self.name, dataclasses.replace(self.config, **changes))
+
+    def fields(self) -> dict[str, Any]:
+        """The Config as plain values (nested dataclasses become dicts)."""
+        return dataclasses.asdict(self.config)
+
+
+def _parse_model(value: Any) -> ModelSpec:
+    """Dispatch on ``name`` to the model's Config (one-line ConfigError when anything is off)."""
+    from bigtrain.errors import ConfigError
+    from bigtrain.models import MODELS, validate_model_config
+
+    if isinstance(value, ModelSpec):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"model: expected a mapping with a name, got {value!r}")
+    if "name" not in value:
+        raise ConfigError(f"model.name is required (one of: {', '.join(MODELS.names())})")
+    params = dict(value)
+    name = params.pop("name")
+    MODELS.get(str(name))  # unknown names: "did you mean"
+    return ModelSpec(str(name), validate_model_config(str(name), params))
+
+
+def _dump_model(spec: ModelSpec) -> dict[str, Any]:
+    return {"name": spec.name, **spec.fields()}
+
+
+ModelSection = Annotated[ModelSpec, BeforeValidator(_parse_model), PlainSerializer(_dump_model)]
 
 
 class _Strict(BaseModel):
@@ -83,7 +129,7 @@ class RunConfig(_Strict):
     description: str = ""
     seed: int = 0
     data: DataConfig | TextDataConfig
-    model: dict[str, Any]  # {"name": <registered model>, ...its Config fields}; checked by build
+    model: ModelSection  # {"name": <registered model>, ...its Config fields}
     task: TaskConfig = TaskConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
@@ -105,10 +151,3 @@ class RunConfig(_Strict):
 
                 raise format_validation_error(e, "", root=schema, prefix=("data",)) from None
         return values
-
-    @field_validator("model")
-    @classmethod
-    def _model_has_name(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if "name" not in v:
-            raise ValueError("model.name is required (e.g. mlp, cnn, linear, gpt)")
-        return v

@@ -67,6 +67,8 @@ def validate_model_config(name: str, params: Mapping[str, Any] | None, key: str 
         key: prefix used in error messages (the recipe section).
     """
     config_cls = MODELS.get(name).Config
+    if isinstance(params, config_cls):  # validated already (the recipe schema did it)
+        return params
     if params is not None and not isinstance(params, Mapping):
         raise ConfigError(f"{key}: expected a mapping of keys to values, got {params!r}")
     params = dict(params or {})
@@ -106,7 +108,7 @@ def build_model(
 
     Args:
         name: registered model name ("mlp", "cnn", "linear", ...).
-        params: recipe keys of the model section, without ``name``.
+        params: recipe keys of the model section, without ``name``, or the model's Config.
         input_shape: shape of one example (no batch dim), from the data.
         num_outputs: number of classes or regression targets, from the data.
         key: recipe section name used in error messages.
