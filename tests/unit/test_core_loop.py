@@ -262,3 +262,37 @@ def test_vanishing_gradient_in_a_deep_sigmoid_net_is_named():
     ).fit()
     assert any("vanishing gradient: 0.weight" in m for m in messages), messages
     assert not any("22.weight" in m for m in messages)  # the last layer still learns
+
+
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_inf_gradient_is_an_error_unless_fp16_loss_scaling_skips_the_step(loss_scaling):
+    from bigtrain.callbacks.health import HealthCheck
+
+    class InfGrad(Callback):
+        def on_after_backward(self, state):
+            next(state.model.parameters()).grad[0, 0] = float("inf")
+
+    hc = HealthCheck(check_every=1, report=lambda m: None)
+    t = make(max_steps=1, callbacks=[InfGrad(), hc])
+    t.strategy.loss_scaling = loss_scaling
+    if loss_scaling:
+        t.fit()  # the scaler would skip the step; the health check does not stop the run
+    else:
+        with pytest.raises(TrainingError, match="gradient of 0.weight is inf"):
+            t.fit()
+
+
+def test_callback_state_is_keyed_by_name_and_absent_callbacks_are_ignored(tmp_path):
+    from bigtrain.callbacks.checkpointing import EarlyStopping
+
+    stop = EarlyStopping("val/loss", "min", patience=5)
+    t = make(max_steps=3, callbacks={"early_stopping": stop, "recorder": AllHooks()})
+    t.callbacks.named["recorder"].events = []
+    t.fit()
+    t.save(tmp_path / "c")
+    resumed_stop = EarlyStopping("val/loss", "min", patience=5)
+    r = make(max_steps=6, callbacks={"early_stopping": resumed_stop})  # no recorder now
+    r.load(tmp_path / "c")
+    assert (resumed_stop.best, resumed_stop.bad) == (stop.best, stop.bad) and stop.best is not None
+    r.fit()
+    assert r.state.step == 6

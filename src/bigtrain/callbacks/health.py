@@ -53,6 +53,8 @@ class HealthCheck(Callback):
             return
         norms = torch._foreach_norm([g.detach().float() for _, g in with_grad])
         values = torch.stack(norms).tolist()
+        if state.trainer.strategy.loss_scaling and not all(map(math.isfinite, values)):
+            return  # fp16 overflow: the loss scaler skips this step and lowers its scale
         state.grad_norms = {n: v for (n, _), v in zip(with_grad, values)}
         messages = []
         for (name, _), v in zip(with_grad, values):

@@ -39,6 +39,9 @@ class Strategy:
     device: torch.device = torch.device("cpu")
     rank: int = 0
     world_size: int = 1
+    #: True when gradients may overflow by design (fp16 loss scaling): such a step is skipped
+    #: by ``optimizer_step``, so an inf gradient is not an error
+    loss_scaling: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -92,6 +95,7 @@ class SingleDevice(Strategy):
         self.precision = precision
         self._dtype = _DTYPES[precision]
         self._scaler = torch.amp.GradScaler(self.device.type) if precision == "fp16" else None
+        self.loss_scaling = self._scaler is not None
 
     def to_device(self, batch: Any) -> Any:
         return batch if self.device.type == "cpu" else move_to(batch, self.device)
