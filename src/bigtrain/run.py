@@ -22,7 +22,7 @@ from bigtrain._io import atomic_write_text, describe_os_error, remove_stale_temp
 from bigtrain.build import Components, build
 from bigtrain.callbacks.checkpointing import best_weights, read_pointer
 from bigtrain.config import RunConfig, dump_config, load_recipe
-from bigtrain.core.checkpoint import load_weights, read_json
+from bigtrain.core.checkpoint import load_weights, verify_checkpoint
 from bigtrain.core.loop import finished_reason
 from bigtrain.errors import BigtrainError, CheckpointError, RunFinishedError, RunLockedError
 
@@ -31,11 +31,6 @@ _RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.max_epochs", "trainer.progre
 # what a run writes into its folder (removed when a run without a checkpoint starts over)
 _RUN_FILES = ("metrics.jsonl", "summary.json", "report.html", "tensorboard", "checkpoints")
 LOCK_NAME = ".lock"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (kept for callers; see ``bigtrain._io``)."""
-    atomic_write_text(path, text)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -168,7 +163,7 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, quiet: bool = Fal
             f"run folder {run_dir} holds a different run (changed: {', '.join(changed[:4])}); "
             "resume with the same recipe or choose another --run-dir"
         )
-    state = read_json(latest / "trainer.json").get("state", {})
+    state = verify_checkpoint(latest)["state"]  # before anything in the folder changes
     reason = finished_reason(state, cfg.trainer.max_steps, cfg.trainer.max_epochs)
     if reason is not None:
         raise RunFinishedError(f"cannot resume {run_dir}: {reason}")
@@ -244,6 +239,8 @@ class Run:
         except RunFinishedError:
             raise  # nothing was changed: the finished run's summary stays as it is
         except BigtrainError as e:
+            if self.resume and trainer.state.step == 0:
+                raise  # the checkpoint did not load: the folder's results stay as they were
             self.write_summary(f"failed: {e}", {})
             raise
         finally:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bigtrain._io import host_tag
 from bigtrain.cli.main import main
 from bigtrain.config import dump_config, load_recipe
-from bigtrain.data.scratch import host_tag
 from bigtrain.run import build_run
 
 IRIS_COLUMNS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
@@ -227,7 +227,7 @@ def test_data_prepare_removes_temp_folders_of_dead_processes_only(capsys, tmp_pa
         "other_host": f".out.tmp-00000000-{dead.pid}-ghi12345",  # fresh: might be running
         "old_style_stale": ".out.tmp-k3j_x9ab",
         "old_style_fresh": ".out.tmp-q1w_e2rt",
-        "swapped_out": ".out.old-0123abcd",
+        "swapped_out": f".out.old-{host}-{dead.pid}-0123abcd",  # moved back, then replaced
         "another_output": f".other.tmp-{host}-{dead.pid}-jkl12345",
     }
     for name in left.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="CSV, Parquet or NPZ (key x) file of inputs")
     p.add_argument("--out", help="write predictions as CSV here (default: stdout)")
     p.set_defaults(func=run_predict)
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: non-finite floats become null (nested lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def run_config(run_dir: str | Path):
@@ -85,7 +97,7 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = built.trainer.evaluate(batches, split=args.split)
     result = {k.split("/", 1)[1]: v for k, v in metrics.items()}
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(_finite(result), allow_nan=False))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -106,7 +118,7 @@ def _check_predictable(cfg, run_dir: str | Path) -> None:
 
     if cfg.data.name not in TEXT_DATA_NAMES:
         return
-    model = cfg.model["name"]
+    model = cfg.model.name
     if cfg.data.name == "shakespeare_genre" and model not in ("gpt", "rnn_lm"):
         raise ConfigError(
             f"predict is for tabular/image runs; {run_dir} classifies text (data "
@@ -128,8 +140,6 @@ def _check_out(out: Path) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import math
-
     import torch
 
     from bigtrain.data.files import existing_file, read_inputs
@@ -169,9 +179,9 @@ def run_predict(args: argparse.Namespace) -> int:
     lines = [",".join(header), *(",".join(map(str, r)) for r in rows)]
     text = "\n".join(lines) + "\n"
     if args.out:
-        from bigtrain.run import write_atomic
+        from bigtrain._io import atomic_write_text
 
-        write_atomic(Path(args.out), text)
+        atomic_write_text(Path(args.out), text)
         print(f"{len(rows)} predictions -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -57,6 +57,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_cp(args: argparse.Namespace) -> int:
+    from bigtrain._io import atomic_write_bytes, describe_os_error
     from bigtrain.config import recipe_path
     from bigtrain.errors import ConfigError
 
@@ -71,19 +72,12 @@ def run_cp(args: argparse.Namespace) -> int:
     if not dest.parent.is_dir():
         what = "is not a folder" if dest.parent.exists() else "does not exist"
         raise ConfigError(f"cannot copy to {dest}: folder {dest.parent} {what}")
-    text = src.read_text()
-    try:
-        f = open(dest, "x")  # "x": never overwrite a file that appeared meanwhile
+    try:  # never a half-written recipe, never over a file that appeared meanwhile
+        atomic_write_bytes(dest, src.read_bytes(), overwrite=False)
+    except FileExistsError:
+        raise ConfigError(f"{dest} already exists; choose another destination") from None
     except OSError as e:
-        raise ConfigError(f"cannot write {dest}: {e.strerror or e}") from None
-    try:
-        with f:
-            f.write(text)
-    except BaseException as e:
-        dest.unlink(missing_ok=True)  # no half-written recipe
-        if isinstance(e, OSError):
-            raise ConfigError(f"cannot write {dest}: {e.strerror or e}") from None
-        raise
+        raise ConfigError(f"cannot write {dest}: {describe_os_error(e)}") from None
     print(dest)
     return 0
 
@@ -91,11 +85,8 @@ def run_cp(args: argparse.Namespace) -> int:
 def validate_one(name: str) -> None:
     """Load and type-check a recipe including its model section (no data is loaded)."""
     from bigtrain.config import load_recipe
-    from bigtrain.models import validate_model_config
 
-    cfg = load_recipe(name)
-    model = dict(cfg.model)
-    validate_model_config(model.pop("name"), model)
+    load_recipe(name)  # the schema validates the model section into the model's Config
 
 
 def run_validate(args: argparse.Namespace) -> int:

@@ -203,6 +203,20 @@ def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) 
             )
 
 
+def verify_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Check a checkpoint folder is complete and its files match their recorded checksums;
+    returns trainer.json's content (CheckpointError naming the problem otherwise)."""
+    path = Path(path)
+    _check_folder(path)
+    meta = read_json(path / "trainer.json")
+    if not isinstance(meta, dict) or "state" not in meta:
+        raise CheckpointError(f"checkpoint {path}/trainer.json is corrupt (no state)")
+    sums = meta.get("sha256", {})
+    for name in ("model.safetensors", "state.safetensors"):
+        verify_checksum(path / name, sums.get(name) if isinstance(sums, dict) else None)
+    return meta
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` and return the nested state dict saved with them."""
     path = Path(path)

@@ -14,8 +14,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from bigtrain._io import (
+    atomic_write_text,
+    fsync_dir,
+    remove_stale_temporaries,
+    replace_folder,
+    temp_dir_beside,
+)
 from bigtrain.data.corpus import (
     DEFAULT_CORPUS,
     load_sources,
@@ -30,7 +35,6 @@ from bigtrain.data.corpus import (
     source_fingerprint,
     source_hash,
 )
-from bigtrain.data.scratch import make_temp_dir, remove_stale_temp_dirs
 from bigtrain.data.tokens import PreparedText, token_dtype
 from bigtrain.errors import ConfigError, DataError, did_you_mean
 
@@ -55,17 +59,9 @@ _CACHE_NAME = re.compile(r"[0-9a-f]{20}")  # the folders prepare_cached names
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, then os.replace: never a half-written file."""
+    """Write JSON atomically (``bigtrain._io``): never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is an ordinary data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False))
 
 
 def _check_ids(ids: Sequence[int], vocab_size: int) -> np.ndarray:
@@ -349,22 +345,18 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _commit(tmp: Path, out_dir: Path, replace: bool) -> None:
-    """Move the finished temp folder into place in one rename (an existing one is swapped out)."""
-    if out_dir.exists() and not replace:
-        shutil.rmtree(tmp)  # another process prepared the same content first: keep theirs
-        return
-    if out_dir.exists():
-        trash = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out_dir, trash)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
+    """Move the finished temp folder into place (``replace``: swapping out an existing one)."""
+    if replace:
+        replace_folder(tmp, out_dir)
         return
     try:
-        os.rename(tmp, out_dir)
+        os.rename(tmp, out_dir)  # fails when another process's folder got there first
     except OSError:
-        if replace or not (out_dir / "meta.json").is_file():
+        if not (out_dir / "meta.json").is_file():
             raise
-        shutil.rmtree(tmp)
+        shutil.rmtree(tmp)  # it prepared the same content: keep theirs
+        return
+    fsync_dir(out_dir.parent)
 
 
 def prepare_text(
@@ -406,9 +398,8 @@ def prepare_text(
     docs = load_sources(sources)
     characters = sum(len(t) for _, t in docs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(out_dir.parent, out_dir.name)  # left by a killed prepare
-    tmp = make_temp_dir(out_dir)
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    remove_stale_temporaries(out_dir.parent, names=out_dir.name)  # left by a killed prepare
+    tmp = temp_dir_beside(out_dir)
     try:
         with _progress(progress) as bar:
             task = bar.add_task(f"training {tokenizer} tokenizer", total=None)
@@ -471,6 +462,6 @@ def prepare_cached(
     out = root / hashlib.sha256(key.encode()).hexdigest()[:20]
     if (out / "meta.json").is_file():
         return out
-    remove_stale_temp_dirs(root, _CACHE_NAME)  # of any cached text, not only this one
+    remove_stale_temporaries(root, names=_CACHE_NAME)  # of any cached text, not only this one
     prepare_text(docs or spec, tokenizer, vocab_size, out, val_fraction, progress, replace=False)
     return out

@@ -10,15 +10,15 @@ float64 parameter ``(x, y)``. Functions and their global minima:
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from bigtrain._io import atomic_write_bytes
 from bigtrain.errors import ConfigError, did_you_mean
 from bigtrain.optim.config import OptimConfig
 from bigtrain.optim.optimizers import OPTIMIZERS, make_optimizer
@@ -215,12 +215,6 @@ def plot_comparison(results: dict[str, Trajectory], function: str, path: str | P
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    return atomic_write_bytes(path, png.getvalue())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from bigtrain._io import atomic_write_text
 
 CACHE = Path("~/.cache/bigtrain/peak_flops.json").expanduser()
 
@@ -59,9 +60,7 @@ def measured_peak_flops(dtype: torch.dtype = torch.float32, device: str = "cpu")
     cache[key] = peak
     try:
         CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, CACHE)
+        atomic_write_text(CACHE, json.dumps(cache, indent=1))
     except OSError:
         pass  # a read-only home only costs a re-measurement next time
     return peak

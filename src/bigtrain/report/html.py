@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 from matplotlib.figure import Figure
 
+from bigtrain._io import atomic_write_text
 from bigtrain.errors import CheckpointError
 
 from . import figures
@@ -330,14 +330,4 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     run = load_run(run_dir)
     target = Path(out) if out is not None else run.path / "report.html"
     page = render_html(run)
-    # temp file in the same folder + os.replace: readers never see a half-written page
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); a report is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(target, page)  # readers never see a half-written page
