@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 STALE_AFTER_S = 24 * 3600
 
@@ -229,3 +231,14 @@ def describe_os_error(e: OSError) -> str:
     if e.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return e.strerror or str(e)
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity: non-finite floats become None (nested lists/dicts too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import shutil
 import sys
@@ -18,7 +17,12 @@ from typing import Any
 
 import yaml
 
-from bigtrain._io import atomic_write_text, describe_os_error, remove_stale_temporaries
+from bigtrain._io import (
+    atomic_write_text,
+    describe_os_error,
+    json_safe,
+    remove_stale_temporaries,
+)
 from bigtrain.build import Components, build
 from bigtrain.callbacks.checkpointing import best_weights, read_pointer
 from bigtrain.config import RunConfig, dump_config, load_recipe
@@ -183,17 +187,6 @@ def _say(quiet: bool, message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: non-finite floats become None (nested lists included)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
-
-
 class Run:
     """A configured run bound to its (locked) folder. ``fit()`` trains and writes the results."""
 
@@ -274,7 +267,7 @@ class Run:
             scalars = {k.split("/", 1)[1]: v for k, v in metrics.items() if isinstance(v, float)}
             s = self.trainer.state
             record = {"kind": "test", "split": split, "step": s.step, "epoch": s.epoch, **scalars}
-            f.write(json.dumps(_finite(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
         return metrics
 
     def write_summary(self, status: str, test: dict[str, Any]) -> dict[str, Any]:
@@ -306,7 +299,7 @@ class Run:
         notes = self.notes()
         if notes:
             summary["notes"] = notes
-        summary = _finite(summary)
+        summary = json_safe(summary)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         try:
             from bigtrain.report import write_report

@@ -33,17 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _finite(value):
-    """JSON has no NaN or infinity: non-finite floats become null (nested lists included)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
-
-
 def run_config(run_dir: str | Path):
     """The validated RunConfig saved in a run folder's config.yaml (progress bar off)."""
     import yaml
@@ -97,7 +86,9 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = built.trainer.evaluate(batches, split=args.split)
     result = {k.split("/", 1)[1]: v for k, v in metrics.items()}
     if args.json:
-        print(json.dumps(_finite(result), allow_nan=False))
+        from bigtrain._io import json_safe
+
+        print(json.dumps(json_safe(result), allow_nan=False))
         return 0
     from rich.console import Console
     from rich.table import Table
