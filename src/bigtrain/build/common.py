@@ -234,6 +234,7 @@ def assemble(
     first_callbacks: dict[str, Callback] | None = None,
     extra_wrappers: Sequence[BuildWrapper] = (),
     counts_tokens: bool = False,
+    strategy: Strategy | None = None,
 ) -> Components:
     """Strategy, wrappers, optimizer, schedules, callbacks and the Trainer for any kind of run.
 
@@ -246,7 +247,7 @@ def assemble(
     if batch_sched is not None:
         loader.batch_size = batch_sched(0)
     total = planned_steps(tr.max_steps, tr.max_epochs, loader, batch_sched)
-    strategy = make_strategy(cfg)
+    strategy = strategy or make_strategy(cfg)  # builders make it first: loaders need the rank
     model = strategy.setup(model)  # once, before the optimizer sees the parameters
     if tr.monitor and tr.monitor.startswith("val/"):
         # the recipe's monitored metric becomes the task's: every periodic evaluation computes

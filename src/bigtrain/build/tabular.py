@@ -13,6 +13,7 @@ from bigtrain.build.common import (
     assemble,
     eval_batches,
     make_model,
+    make_strategy,
     seed_everything,
 )
 from bigtrain.config.schema import RunConfig
@@ -71,12 +72,15 @@ def build_tabular(
     model = make_model(cfg, data.input_shape, num_outputs)
     train = data.train
     task.check_batch(model, (train.x[:8], train.y[:8]))
-    loader = make_loader(train, cfg.data, seed=cfg.seed)
+    strategy = make_strategy(cfg)
+    loader = make_loader(
+        train, cfg.data, seed=cfg.seed, rank=strategy.rank, world_size=strategy.world_size
+    )
     val = data.val if data.val is not None and len(data.val) else None
     val_batches = eval_batches(val.x, val.y) if val is not None else None
     built = assemble(
         cfg, model, task, loader, val_batches, run_dir, data, quiet=quiet,
-        extra_wrappers=extra_wrappers,
+        extra_wrappers=extra_wrappers, strategy=strategy,
     )  # fmt: skip
     if data.test is not None and len(data.test):
         built.test_batches = eval_batches(data.test.x, data.test.y)

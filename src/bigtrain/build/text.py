@@ -17,6 +17,7 @@ from bigtrain.build.common import (
     assemble,
     eval_batches,
     make_model,
+    make_strategy,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -115,9 +116,11 @@ def build_language_model(
     block = model_block_size(cfg)
     model = make_model(cfg, (block,), prepared.vocab_size)
     d = cfg.data
+    strategy = make_strategy(cfg)
     sampler = TokenWindowSampler(
-        prepared.train_path, prepared.dtype, block, d.batch_size, seed=cfg.seed
-    )
+        prepared.train_path, prepared.dtype, block, d.batch_size, seed=cfg.seed,
+        rank=strategy.rank, world_size=strategy.world_size,
+    )  # fmt: skip
     eval_bs = d.eval_batch_size or d.batch_size
     val = fixed_eval_batches(
         prepared.val_path, prepared.dtype, block, eval_bs, d.eval_batches, seed=cfg.seed + 1
@@ -147,6 +150,7 @@ def build_language_model(
         first_callbacks={"train_loss_estimate": TrainLossEstimate(train_eval)},
         extra_wrappers=extra_wrappers,
         counts_tokens=True,
+        strategy=strategy,
     )
     built.extras.update(block_size=block, flops_per_token=flops or 0.0, prepared=prepared)
     built.tokenizer = load_tokenizer(prepared.tokenizer_path)
@@ -210,7 +214,11 @@ def build_text_classifier(
     ):
         raise ConfigError("genre classification is a classification task with cross_entropy loss")
     task = ClassificationTask(len(classes), cfg.task.label_smoothing, cfg.task.metrics)
-    loader = InMemoryLoader(data.train.x, data.train.y, d.batch_size, shuffle=True, seed=cfg.seed)
+    strategy = make_strategy(cfg)
+    loader = InMemoryLoader(
+        data.train.x, data.train.y, d.batch_size, shuffle=True, seed=cfg.seed,
+        rank=strategy.rank, world_size=strategy.world_size,
+    )  # fmt: skip
     built = assemble(
         cfg,
         model,
@@ -221,6 +229,7 @@ def build_text_classifier(
         data,
         quiet=quiet,
         extra_wrappers=extra_wrappers,
+        strategy=strategy,
     )
     built.test_batches = eval_batches(data.test.x, data.test.y, 256)
     built.tokenizer = tokenizer

@@ -23,12 +23,32 @@ BatchSize = int | Literal["full"]
 
 
 class _Resumable:
-    """Epoch/position bookkeeping and the state_dict contract shared by both loaders."""
+    """Epoch/position bookkeeping and the state_dict contract shared by both loaders.
 
-    def __init__(self, n: int, batch_size: BatchSize, shuffle: bool, seed: int, drop_last: bool):
+    With ``world_size`` processes, every process draws the same epoch order (same seed), pads it
+    by repeating its start to a multiple of ``world_size`` and serves every ``world_size``-th
+    example from ``rank`` on (``torch.utils.data.DistributedSampler``'s rule): the shards of an
+    epoch are disjoint but for the padding, and equal in size, so every process takes the same
+    number of steps. ``batch_size`` is per process. One process serves the whole epoch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: BatchSize,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if n < 1:
             raise DataError("a loader needs at least one example; the split is empty")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         self.n, self.shuffle, self.drop_last, self.seed = n, shuffle, drop_last, seed
+        self.rank, self.world_size = rank, world_size
+        self.span = -(-n // world_size)  # examples this process serves per epoch
         self.batch_size = batch_size  # type: ignore[assignment]  (the setter takes "full")
         self.epoch = 0
         self.position = 0  # examples of the current epoch already served
@@ -44,20 +64,20 @@ class _Resumable:
     @batch_size.setter
     def batch_size(self, value: BatchSize) -> None:
         if value == "full":
-            value = self.n
+            value = self.span
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"batch size must be a positive integer or 'full', got {value!r}")
         self._batch_size = value
 
     def __len__(self) -> int:
         """Batches in a whole epoch at the current batch size."""
-        b = min(self._batch_size, self.n)
-        return self.n // b if self.drop_last else -(-self.n // b)
+        b = min(self._batch_size, self.span)
+        return self.span // b if self.drop_last else -(-self.span // b)
 
     def at_epoch_end(self) -> bool:
         """True when the current epoch has no batch left at the current batch size."""
-        left = self.n - self.position
-        return left <= 0 or (self.drop_last and left < min(self._batch_size, self.n))
+        left = self.span - self.position
+        return left <= 0 or (self.drop_last and left < min(self._batch_size, self.span))
 
     def steps_in_epochs(self, epochs: int, batch_size_at: Callable[[int], int]) -> int:
         """Optimizer steps that ``epochs`` whole epochs take when step ``s`` uses a batch of
@@ -66,7 +86,7 @@ class _Resumable:
         for _ in range(epochs):
             position = 0
             while True:
-                b, left = min(batch_size_at(step), self.n), self.n - position
+                b, left = min(batch_size_at(step), self.span), self.span - position
                 if left <= 0 or (self.drop_last and left < b):
                     break
                 position += min(b, left)
@@ -75,13 +95,29 @@ class _Resumable:
 
     def _next_range(self) -> tuple[int, int] | None:
         """(start, stop) of the next batch in this epoch's order, or None at the epoch's end."""
-        left = self.n - self.position
-        b = min(self._batch_size, self.n)
+        left = self.span - self.position
+        b = min(self._batch_size, self.span)
         if left <= 0 or (self.drop_last and left < b):
             return None
         start = self.position
         self.position = start + min(b, left)
         return start, self.position
+
+    def _shard(self, order: Any) -> Any:
+        """This process's part of the epoch's ``order`` (a tensor or an array of n indices)."""
+        if self.world_size == 1:
+            return order
+        total = self.span * self.world_size
+        if isinstance(order, np.ndarray):
+            padded = np.resize(order, total)  # repeats from the start
+        else:
+            padded = order.repeat(-(-total // self.n))[:total]
+        return padded[self.rank :: self.world_size]
+
+    @property
+    def _indexed(self) -> bool:
+        """Batches are gathered through an order (shuffled, or a shard of several processes)."""
+        return self.shuffle or self.world_size > 1
 
     def _end_epoch(self) -> None:
         if self.shuffle and self._order is None:
@@ -95,12 +131,13 @@ class _Resumable:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "position", "generator", "num_examples"}`` (ints and a uint8 tensor)."""
+        """``{"epoch", "position", "generator", "num_examples", "world_size"}``."""
         return {
             "epoch": self.epoch,
             "position": self.position,
             "generator": self._epoch_start.clone(),
             "num_examples": self.n,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -110,6 +147,12 @@ class _Resumable:
             raise CheckpointError(
                 f"the saved data position is for {n} examples but this data set has {self.n}; "
                 "resume with the same data settings"
+            )
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise CheckpointError(
+                f"the saved data position is for {saved_world} processes but this run has "
+                f"{self.world_size}; resume with the same number of processes"
             )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._epoch_start = torch.as_tensor(state["generator"], dtype=torch.uint8).clone()
@@ -130,6 +173,7 @@ class InMemoryLoader(_Resumable):
         shuffle: draw a new order each epoch from this loader's own generator.
         seed: seed of that generator.
         drop_last: skip the last batch of an epoch when it is smaller than ``batch_size``.
+        rank / world_size: this process's shard of every epoch (see ``_Resumable``).
     """
 
     def __init__(
@@ -140,24 +184,29 @@ class InMemoryLoader(_Resumable):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if x.shape[0] != y.shape[0]:
             raise DataError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
         self.x, self.y = x, y
-        super().__init__(int(x.shape[0]), batch_size, shuffle, seed, drop_last)
+        super().__init__(int(x.shape[0]), batch_size, shuffle, seed, drop_last, rank, world_size)
 
     def _draw_order(self) -> None:
         self._gen.set_state(self._epoch_start)
-        self._order = torch.randperm(self.n, generator=self._gen).to(self.x.device)
+        order = (
+            torch.randperm(self.n, generator=self._gen) if self.shuffle else torch.arange(self.n)
+        )
+        self._order = self._shard(order).to(self.x.device)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield the rest of the current epoch, then move on to the next epoch."""
-        if self.shuffle and self._order is None:
+        if self._indexed and self._order is None:
             self._draw_order()
         x, y, order = self.x, self.y, self._order
         while (span := self._next_range()) is not None:
             start, stop = span
-            if not self.shuffle:
+            if not self._indexed:
                 whole = start == 0 and stop == self.n
                 yield (x, y) if whole else (x[start:stop], y[start:stop])  # views: no copy
             else:
@@ -191,6 +240,8 @@ class StreamingLoader(_Resumable):
         drop_last: bool = False,
         chunk_size: int = 4096,
         transform: Callable[[Tensor], Tensor] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(x) != len(y):
             raise DataError(f"x has {len(x)} examples but y has {len(y)}")
@@ -198,24 +249,27 @@ class StreamingLoader(_Resumable):
             raise ConfigError(f"chunk_size must be positive, got {chunk_size}")
         self.x, self.y, self.chunk_size = x, y, chunk_size
         self.transform = transform or (lambda t: t.to(torch.float32))
-        super().__init__(len(x), batch_size, shuffle, seed, drop_last)
+        super().__init__(len(x), batch_size, shuffle, seed, drop_last, rank, world_size)
 
     def _draw_order(self) -> None:
         self._gen.set_state(self._epoch_start)
+        if not self.shuffle:
+            self._order = self._shard(np.arange(self.n))
+            return
         n_chunks = -(-self.n // self.chunk_size)
         chunk_rank = torch.randperm(n_chunks, generator=self._gen).to(torch.float64)
         jitter = torch.rand(self.n, generator=self._gen, dtype=torch.float64)  # in [0, 1)
         chunk_of = torch.arange(self.n) // self.chunk_size
         # sort by (rank of the example's chunk, random key within the chunk)
-        self._order = torch.argsort(chunk_rank[chunk_of] + jitter).numpy()
+        self._order = self._shard(torch.argsort(chunk_rank[chunk_of] + jitter).numpy())
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield the rest of the current epoch, then move on to the next epoch."""
-        if self.shuffle and self._order is None:
+        if self._indexed and self._order is None:
             self._draw_order()
         while (span := self._next_range()) is not None:
             start, stop = span
-            if self.shuffle:
+            if self._indexed:
                 rows: Any = np.sort(self._order[start:stop])  # forward reads
             else:
                 rows = slice(start, stop)
@@ -239,6 +293,8 @@ def make_loader(
     *,
     train: bool = True,
     normalization: dict[str, Any] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> InMemoryLoader | StreamingLoader:
     """The loader for one split: shuffled batches of ``cfg.batch_size`` for training; in order,
     all examples kept, for evaluation (``train=False``).
@@ -253,6 +309,8 @@ def make_loader(
         y = split.y if isinstance(split.y, np.ndarray) else split.y.numpy()
         return StreamingLoader(
             split.x, y, cfg.batch_size, shuffle, seed, drop_last,
-            transform=lambda t: apply_normalization(t, norm),
+            transform=lambda t: apply_normalization(t, norm), rank=rank, world_size=world_size,
         )  # fmt: skip
-    return InMemoryLoader(split.x, split.y, cfg.batch_size, shuffle, seed, drop_last)
+    return InMemoryLoader(
+        split.x, split.y, cfg.batch_size, shuffle, seed, drop_last, rank, world_size
+    )

@@ -108,6 +108,7 @@ class TokenWindowSampler:
         batch_size: windows per batch B.
         seed: seeds the generator.
         steps_per_epoch: batches per epoch; default ``n_tokens // (batch_size * block_size)``.
+        rank / world_size: this process among ``world_size``; each draws its own windows.
     """
 
     def __init__(
@@ -118,7 +119,11 @@ class TokenWindowSampler:
         batch_size: int,
         seed: int = 0,
         steps_per_epoch: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         if int(block_size) < 1:
             raise ConfigError(f"block_size must be a positive integer, got {block_size}")
         self.path = Path(path)
@@ -139,7 +144,9 @@ class TokenWindowSampler:
         self.seed = seed
         self.epoch = 0
         self.position = 0  # batches already yielded in the current epoch
-        self._gen = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
+        # each process draws its own windows (rank 0's stream is the one-process stream)
+        self._gen = torch.Generator().manual_seed(seed + 1_000_003 * rank)
         self._offsets = np.arange(self.block_size + 1, dtype=np.int64)  # (T+1,)
         self._tokens: np.memmap | None = None
 
@@ -216,6 +223,7 @@ class TokenWindowSampler:
             "position": self.position,
             "generator": self._gen.get_state(),
             "n_tokens": self.n_tokens,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -225,6 +233,11 @@ class TokenWindowSampler:
             raise CheckpointError(
                 f"the checkpoint's sampler was over {n} tokens but {self.path} has "
                 f"{self.n_tokens}: the token file changed since the checkpoint"
+            )
+        if int(state.get("world_size", 1)) != self.world_size:
+            raise CheckpointError(
+                f"the checkpoint's sampler was for {state.get('world_size', 1)} processes but "
+                f"this run has {self.world_size}; resume with the same number of processes"
             )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
