@@ -141,9 +141,10 @@ def check_run_dir(run_dir: Path, cfg: RunConfig, resume: bool, quiet: bool = Fal
         _say(False, f"note: {run_dir} holds a run that never wrote a checkpoint; starting it over")
         for name in _RUN_FILES:
             path = run_dir / name
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(
-                missing_ok=True
-            )
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return False
     if not resume:
         status = _saved_status(run_dir)
@@ -338,11 +339,9 @@ def build_run(
             raise CheckpointError("name a recipe, or pass --resume with --run-dir")
         from bigtrain.config.loader import apply_overrides, validate
 
-        saved = Path(run_dir) / "config.yaml"
-        if not saved.is_file():
-            raise CheckpointError(f"cannot resume: {run_dir} holds no run (no config.yaml)")
+        saved = saved_config(Path(run_dir))  # CheckpointError when the folder holds no run
         recipe = validate(
-            apply_overrides(saved_config(Path(run_dir)), list(overrides or [])), str(saved)
+            apply_overrides(saved, list(overrides or [])), str(Path(run_dir) / "config.yaml")
         )
         overrides = None
     cfg = recipe if isinstance(recipe, RunConfig) else load_recipe(recipe, overrides)

@@ -157,15 +157,12 @@ class Checkpointer(Callback):
 
     def prune(self, keep: int, final: str | None = None) -> None:
         names = checkpoint_names(self.dir)
-        if final is not None:  # the end of a run: keep what does not depend on timing
-            on_schedule = [n for n in names if self.every and int(n[5:]) % self.every == 0]
-            kept = (
-                {final, *[n for n in on_schedule if n != final][-(keep - 1) :]}
-                if keep > 1
-                else {final}
-            )
-        else:
+        if final is None:
             kept = set(names[-keep:])
+        else:  # the end of a run: the final one plus on-schedule ones, nothing timing-dependent
+            on_schedule = [n for n in names if self.every and int(n[5:]) % self.every == 0]
+            earlier = [n for n in on_schedule if n != final]
+            kept = {final, *(earlier[-(keep - 1) :] if keep > 1 else [])}
         for name in names:
             if name not in kept:
                 shutil.rmtree(self.dir / name, ignore_errors=True)

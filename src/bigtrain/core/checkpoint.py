@@ -152,13 +152,26 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is corrupt or unreadable ({type(e).__name__})") from None
 
 
+# files this process has already hashed, by (path, size, mtime, expected digest): a resume
+# verifies the checkpoint before touching the run folder and loads it right after, and a
+# multi-GB checkpoint should not be hashed twice. Any change to the file changes its key.
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
 def verify_checksum(file: Path, expected: str | None) -> None:
     """Raise CheckpointError when ``file``'s SHA-256 is not ``expected`` (None: not recorded)."""
-    if expected is not None and file_sha256(file) != expected:
+    if expected is None:
+        return
+    st = file.stat()
+    key = (str(file.resolve()), st.st_size, st.st_mtime_ns, expected)
+    if key in _VERIFIED:
+        return
+    if file_sha256(file) != expected:
         raise CheckpointError(
             f"checkpoint {file} is corrupt: its checksum does not match the one recorded when "
             "it was written"
         )
+    _VERIFIED.add(key)
 
 
 def recorded_checksum(folder: Path, name: str = "model.safetensors") -> str | None:

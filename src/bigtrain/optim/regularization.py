@@ -82,8 +82,8 @@ class PenalizedTask(TaskWrapper):
 
     def loss(self, model: nn.Module, batch: Any) -> StepOutput:
         out = self.inner.loss(model, batch)
-        if not model.training:  # evaluation: the data loss, with the penalty as an extra
-            return self._with_penalty(out, self.penalty(), out.loss)
+        if not model.training:  # evaluation: the data loss (the penalty does not vary by batch)
+            return out
         pen = self.penalty()
         return self._with_penalty(out, pen, out.loss + pen)
 
