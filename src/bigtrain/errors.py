@@ -30,6 +30,10 @@ class RunLockedError(CheckpointError):
     """Another process is using the run folder."""
 
 
+class PeerError(BigtrainError):
+    """Another process of a distributed run failed first; its own message says why."""
+
+
 class TrainingError(BigtrainError):
     """Training cannot go on (for example the loss became NaN or infinite)."""
 

@@ -23,12 +23,18 @@ from bigtrain._io import (
     json_safe,
     remove_stale_temporaries,
 )
-from bigtrain.build import Components, build
+from bigtrain.build import Components, build, make_strategy
 from bigtrain.callbacks.checkpointing import best_weights, read_pointer
 from bigtrain.config import RunConfig, dump_config, load_recipe
-from bigtrain.core.checkpoint import load_weights, verify_checkpoint
+from bigtrain.core.checkpoint import verify_checkpoint
 from bigtrain.core.loop import finished_reason
-from bigtrain.errors import BigtrainError, CheckpointError, RunFinishedError, RunLockedError
+from bigtrain.errors import (
+    BigtrainError,
+    CheckpointError,
+    PeerError,
+    RunFinishedError,
+    RunLockedError,
+)
 
 # keys that may differ when resuming (extending training, quieter output)
 _RESUMABLE_CHANGES = {"trainer.max_steps", "trainer.max_epochs", "trainer.progress"}
@@ -235,13 +241,16 @@ class Run:
         except BigtrainError as e:
             if self.resume and trainer.state.step == 0:
                 raise  # the checkpoint did not load: the folder's results stay as they were
-            self.write_summary(f"failed: {e}", {})
+            if trainer.strategy.is_main:
+                self.write_summary(f"failed: {e}", {})
             raise
         finally:
             logger = self.components.callbacks.get("logger")
             if logger is not None:
                 logger.close()
         test = self.test()
+        if not trainer.strategy.is_main:
+            return {}  # the main process writes and returns the summary
         return self.write_summary(status, test)
 
     def close(self) -> None:
@@ -260,10 +269,14 @@ class Run:
             batches, split = self.trainer.state.val_data, "val"
         if batches is None:
             return {}
+        strategy = self.trainer.strategy
+        strategy.barrier()  # the main process has written the best weights
         best = self.best_checkpoint()
         if best is not None:
-            load_weights(best, self.trainer.state.model)
+            strategy.load_weights(best, self.trainer.state.model)
         metrics = self.trainer.evaluate(batches, split=split)
+        if not strategy.is_main:
+            return metrics
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             scalars = {k.split("/", 1)[1]: v for k, v in metrics.items() if isinstance(v, float)}
             s = self.trainer.state
@@ -314,7 +327,7 @@ class Run:
         """Recipe-specific results worth showing (e.g. the fitted line of a 1-D linear model)."""
         from bigtrain.models import Linear
 
-        model = self.trainer.state.model
+        model = self.trainer.strategy.unwrap(self.trainer.state.model)
         if not isinstance(model, Linear):
             return {}
         weight, bias = model.coefficients()
@@ -332,7 +345,9 @@ def build_run(
 ) -> Run:
     """Load (if needed) and build a recipe into a Run whose folder is locked, checked and ready.
 
-    With ``resume`` and no recipe, the run folder's own resolved config is used.
+    With ``resume`` and no recipe, the run folder's own resolved config is used. Under torchrun
+    every process calls this: the main one names, locks and checks the folder and tells the
+    others (a failure there becomes PeerError on them).
     """
     if recipe is None:
         if not (resume and run_dir is not None):
@@ -349,7 +364,40 @@ def build_run(
         from bigtrain.config.loader import apply_overrides, validate
 
         cfg = validate(apply_overrides(cfg.model_dump(mode="json"), overrides))
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg.name)
+    strategy = make_strategy(cfg)  # joins the process group: the processes can talk from here
+    main = strategy.is_main
+    chosen = run_dir if run_dir is not None else (default_run_dir(cfg.name) if main else None)
+    run_dir = Path(strategy.broadcast_object(str(chosen) if chosen is not None else None))
+    lock, created = None, False
+    try:
+        if main:
+            created, lock, continues = _claim_folder(run_dir, cfg, resume, quiet)
+        outcome = strategy.broadcast_object(("ok", continues) if main else None)
+    except BigtrainError as e:
+        strategy.broadcast_object(("error", str(e)))
+        raise
+    if outcome[0] == "error":
+        raise PeerError(f"process 0 could not use the run folder: {outcome[1]}")
+    continues = outcome[1]
+    try:
+        components = build(cfg, run_dir, quiet=quiet or not main, strategy=strategy)
+        if main:
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing of this run was written
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write to {run_dir}: {describe_os_error(e)}") from None
+        raise
+    return Run(cfg, run_dir, components, continues, lock)
+
+
+def _claim_folder(
+    run_dir: Path, cfg: RunConfig, resume: bool, quiet: bool
+) -> tuple[bool, RunLock, bool]:
+    """Create (if needed), lock and check the run folder: (created, lock, continues)."""
     if resume and not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"cannot resume: {run_dir} holds no run")
     created = _prepare_folder(run_dir)
@@ -358,13 +406,20 @@ def build_run(
         continues = check_run_dir(run_dir, cfg, resume, quiet)
         for folder in (run_dir, run_dir / "checkpoints"):
             remove_stale_temporaries(folder)  # left by a process killed while saving
-        components = build(cfg, run_dir, quiet=quiet)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     except BaseException as e:
         lock.release()
         if created:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing of this run was written
+            shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(e, OSError):
             raise CheckpointError(f"cannot write to {run_dir}: {describe_os_error(e)}") from None
         raise
-    return Run(cfg, run_dir, components, continues, lock)
+    return created, lock, continues
+
+
+def restarted_with_checkpoint(run_dir: str | Path | None) -> bool:
+    """True in a worker that torchrun restarted (``--max-restarts``) when its run folder holds
+    a checkpoint: the run continues from it without ``--resume``."""
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if run_dir is None or not restarts.isdigit() or int(restarts) == 0:
+        return False
+    return (Path(run_dir) / "checkpoints" / "latest").is_file()

@@ -90,7 +90,6 @@ def test_resume_is_bitwise_identical(tmp_path):
         "epoch": 1,
         "position": 2,
         "n_tokens": 5000,
-        "world_size": 1,
     }
     assert state["generator"].dtype == torch.uint8
     buf = io.BytesIO()

@@ -23,6 +23,7 @@ from bigtrain.build.common import (
     resolve_device,
     resolve_precision,
     seed_everything,
+    strategy_name,
 )
 from bigtrain.build.tabular import build_tabular, build_task
 from bigtrain.build.text import (
@@ -33,6 +34,7 @@ from bigtrain.build.text import (
     prepared_folder,
 )
 from bigtrain.config.schema import RunConfig
+from bigtrain.core.strategy import Strategy
 from bigtrain.data.text_config import TextDataConfig
 from bigtrain.errors import ConfigError
 
@@ -59,17 +61,23 @@ def build(
     fold: tuple[int, int] | None = None,
     quiet: bool = False,
     extra_wrappers: Sequence[BuildWrapper] = (),
+    strategy: Strategy | None = None,
 ) -> Components:
     """Build every component a recipe describes, with the builder of its data kind.
 
     ``extra_wrappers`` add features at ``assemble``'s seams after the recipe's own.
+    ``strategy`` defaults to ``make_strategy(cfg)``.
     """
     kind = data_kind(cfg)
     if fold is not None:
         if kind != "tabular":
             raise ConfigError("cross-validation applies to tabular and image data, not text")
-        return build_tabular(cfg, run_dir, fold=fold, quiet=quiet, extra_wrappers=extra_wrappers)
-    return BUILDERS.get(kind)(cfg, run_dir, quiet=quiet, extra_wrappers=extra_wrappers)
+        return build_tabular(
+            cfg, run_dir, fold=fold, quiet=quiet, extra_wrappers=extra_wrappers, strategy=strategy
+        )
+    return BUILDERS.get(kind)(
+        cfg, run_dir, quiet=quiet, extra_wrappers=extra_wrappers, strategy=strategy
+    )
 
 
 __all__ = [
@@ -94,4 +102,5 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "seed_everything",
+    "strategy_name",
 ]

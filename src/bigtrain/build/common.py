@@ -81,10 +81,36 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def strategy_name(cfg: RunConfig) -> str:
+    """``distributed.strategy`` resolved: ``auto`` is ddp under torchrun with several
+    processes, single otherwise."""
+    from bigtrain.distributed import process_info
+
+    name, world = cfg.distributed.strategy, process_info().world_size
+    if name == "auto":
+        return "ddp" if world > 1 else "single"
+    if name == "single" and world > 1:
+        raise ConfigError(
+            f"distributed.strategy is 'single' but torchrun started {world} processes; "
+            "use ddp or fsdp (or auto)"
+        )
+    return name
+
+
 def make_strategy(cfg: RunConfig) -> Strategy:
-    """The run's Strategy (single device today; distributed ones plug in here)."""
+    """The run's Strategy: one device, or DDP/FSDP over torchrun's processes (a group of one
+    without torchrun). Joins the process group, so builders make it before their loaders."""
     device = resolve_device(cfg.trainer.device)
-    return SingleDevice(device, resolve_precision(cfg.trainer.precision, device))
+    precision = resolve_precision(cfg.trainer.precision, device)
+    name = strategy_name(cfg)
+    if name == "single":
+        return SingleDevice(device, precision)
+    from bigtrain.distributed import DDPStrategy, FSDPStrategy
+
+    d = cfg.distributed
+    if name == "ddp":
+        return DDPStrategy(device, precision, d.timeout_s, d.find_unused_parameters)
+    return FSDPStrategy(device, precision, d.timeout_s, d.reshard_after_forward, d.cpu_offload)
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> list[tuple]:
@@ -266,7 +292,7 @@ def assemble(
     sched_cfg = cfg.schedule
     if sched_cfg.warmup_steps and sched_cfg.warmup_steps >= total:
         # a run shortened by an override (trainer.max_steps=40) keeps working: warm up for half
-        stderr_printer(quiet)(
+        stderr_printer(quiet or not strategy.is_main)(
             f"warning: schedule.warmup_steps {sched_cfg.warmup_steps} >= {total} total steps; "
             f"warming up for {total // 2} steps instead"
         )
@@ -275,13 +301,14 @@ def assemble(
     monitor = tr.monitor or (f"val/{task.monitor}" if val_batches is not None else "val/loss")
     mode = tr.monitor_mode or monitor_mode_for(monitor)
     callbacks: dict[str, Callback] = dict(first_callbacks or {})
+    main = strategy.is_main  # only the main process writes files and prints
     callbacks["health"] = HealthCheck(
         tr.health.check_every,
         tr.health.vanishing_below,
         tr.health.exploding_above,
-        report=stderr_printer(quiet),
+        report=stderr_printer(quiet or not main),
     )
-    if run_dir is not None:
+    if run_dir is not None and main:
         callbacks["logger"] = MetricsLogger(
             run_dir,
             tr.log_every,
@@ -289,7 +316,7 @@ def assemble(
             count_tokens=counts_tokens,
             **(logger_kwargs or {}),
         )
-    if tr.progress and not quiet:
+    if tr.progress and not quiet and main:
         callbacks["progress"] = ProgressBar(monitor=monitor)
     if tr.early_stopping_patience:
         callbacks["early_stopping"] = EarlyStopping(monitor, mode, tr.early_stopping_patience)

@@ -17,6 +17,7 @@ from bigtrain.build.common import (
     seed_everything,
 )
 from bigtrain.config.schema import RunConfig
+from bigtrain.core.strategy import Strategy
 from bigtrain.core.task import Task
 from bigtrain.errors import ConfigError
 from bigtrain.tasks import BinaryClassificationTask, ClassificationTask, RegressionTask
@@ -56,6 +57,7 @@ def build_tabular(
     fold: tuple[int, int] | None = None,
     quiet: bool = False,
     extra_wrappers: Sequence[BuildWrapper] = (),
+    strategy: Strategy | None = None,
 ) -> Components:
     """Data set -> model -> task -> optimizer -> Trainer for (x, y) data."""
     from bigtrain.data import load_data, make_loader
@@ -72,7 +74,7 @@ def build_tabular(
     model = make_model(cfg, data.input_shape, num_outputs)
     train = data.train
     task.check_batch(model, (train.x[:8], train.y[:8]))
-    strategy = make_strategy(cfg)
+    strategy = strategy or make_strategy(cfg)
     loader = make_loader(
         train, cfg.data, seed=cfg.seed, rank=strategy.rank, world_size=strategy.world_size
     )

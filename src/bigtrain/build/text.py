@@ -25,6 +25,7 @@ from bigtrain.build.common import (
 from bigtrain.config.schema import RunConfig
 from bigtrain.core.callback import Callback
 from bigtrain.core.state import TrainState
+from bigtrain.core.strategy import Strategy
 from bigtrain.errors import ConfigError
 from bigtrain.models import GPT
 from bigtrain.tasks import ClassificationTask, LanguageModelTask
@@ -100,6 +101,7 @@ def build_language_model(
     run_dir: Path | None,
     quiet: bool = False,
     extra_wrappers: Sequence[BuildWrapper] = (),
+    strategy: Strategy | None = None,
 ) -> Components:
     """Token files -> random-window sampler -> GPT/RNN LM -> Trainer with MFU logging."""
     from bigtrain.data.text import load_tokenizer
@@ -112,11 +114,15 @@ def build_language_model(
     seed_everything(cfg.seed)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    prepared = PreparedText.load(prepared_folder(cfg, quiet))
+    strategy = strategy or make_strategy(cfg)
+    if not strategy.is_main:
+        strategy.barrier()  # the main process prepares the token cache; the others reuse it
+    prepared = PreparedText.load(prepared_folder(cfg, quiet or not strategy.is_main))
+    if strategy.is_main:
+        strategy.barrier()
     block = model_block_size(cfg)
     model = make_model(cfg, (block,), prepared.vocab_size)
     d = cfg.data
-    strategy = make_strategy(cfg)
     sampler = TokenWindowSampler(
         prepared.train_path, prepared.dtype, block, d.batch_size, seed=cfg.seed,
         rank=strategy.rank, world_size=strategy.world_size,
@@ -165,6 +171,7 @@ def build_text_classifier(
     run_dir: Path | None,
     quiet: bool = False,
     extra_wrappers: Sequence[BuildWrapper] = (),
+    strategy: Strategy | None = None,
 ) -> Components:
     """Shakespeare genre passages -> char or BPE tokens (pad = an extra id) -> classifier."""
     from bigtrain.data import InMemoryLoader
@@ -214,7 +221,7 @@ def build_text_classifier(
     ):
         raise ConfigError("genre classification is a classification task with cross_entropy loss")
     task = ClassificationTask(len(classes), cfg.task.label_smoothing, cfg.task.metrics)
-    strategy = make_strategy(cfg)
+    strategy = strategy or make_strategy(cfg)
     loader = InMemoryLoader(
         data.train.x, data.train.y, d.batch_size, shuffle=True, seed=cfg.seed,
         rank=strategy.rank, world_size=strategy.world_size,

@@ -11,24 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import _remove_duplicate_names, save_file
+from safetensors.torch import save_file
 
 from bigtrain._io import atomic_write_text, replace_folder, temp_dir_beside
 from bigtrain.core.callback import Callback
 from bigtrain.core.checkpoint import file_sha256
 from bigtrain.core.state import TrainState
 from bigtrain.errors import CheckpointError
-
-
-def _weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the model's weights, each shared/tied tensor once (as safetensors saves)."""
-    weights = model.state_dict()
-    dropped = {n for names in _remove_duplicate_names(weights).values() for n in names}
-    return {
-        k: v.detach().to("cpu", copy=True).contiguous()
-        for k, v in weights.items()
-        if k not in dropped
-    }
 
 
 def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -121,19 +110,27 @@ class Checkpointer(Callback):
             and self.best_step is not None
             and self.best_step == state.step
         ):
-            self._best_weights = _weights_copy(state.model)  # resumed: best = current weights
+            # resumed: best = current weights
+            self._best_weights = state.trainer.strategy.full_weights(state.model)
 
     def save(self, state: TrainState) -> None:
+        """Every process takes part (a sharded checkpoint is written by all); only the main one
+        writes the pointer and best weights and prunes."""
+        main = state.trainer.strategy.is_main
         key = (state.step, len(state.history))
         if self._saved_at != key:  # a final evaluation after the last save is saved too
             name = f"step-{state.step:07d}"
             self._saving_step = state.step
             state.trainer.save(self.dir / name)  # our state_dict (best) goes in with it
-            write_pointer(self.dir / "latest", name)
+            if main:
+                write_pointer(self.dir / "latest", name)
             self._saved_at = key
             self._last_save = time.monotonic()
-            self.prune(self.keep)
-        self.write_best()
+            if main:
+                self.prune(self.keep)
+        if main:
+            self.write_best()
+        state.trainer.strategy.barrier()  # the others read these files only once written
 
     def write_best(self) -> None:
         if self._best_weights is None or self.best_written_step == self.best_step:
@@ -172,7 +169,10 @@ class Checkpointer(Callback):
             due = state.step % self.every == 0
         else:
             evaluated = bool(state.history) and state.history[-1]["step"] == state.step
-            due = evaluated and time.monotonic() - self._last_save >= self.min_interval_s
+            # every process's clock differs: one process's "due" is everyone's
+            due = evaluated and state.trainer.strategy.agree(
+                time.monotonic() - self._last_save >= self.min_interval_s
+            )
         if due:
             self.save(state)
 
@@ -180,11 +180,12 @@ class Checkpointer(Callback):
         value = state.metrics.get(self.monitor)
         if isinstance(value, float) and _better(value, self.best, self.mode):
             self.best, self.best_step = value, state.step
-            self._best_weights = _weights_copy(state.model)
+            self._best_weights = state.trainer.strategy.full_weights(state.model)
 
     def on_fit_end(self, state: TrainState) -> None:
         self.save(state)
-        self.prune(self.keep, final=f"step-{state.step:07d}")
+        if state.trainer.strategy.is_main:
+            self.prune(self.keep, final=f"step-{state.step:07d}")
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"best": self.best, "best_step": self.best_step}

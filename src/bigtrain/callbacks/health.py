@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from bigtrain.core.callback import Callback
 from bigtrain.core.state import TrainState
@@ -39,9 +40,15 @@ class HealthCheck(Callback):
 
     def on_after_backward(self, state: TrainState) -> None:
         loss = state.loss.item()  # ~0.2 us on CPU; torch.isfinite would launch a kernel
-        if not math.isfinite(loss):
+        # every process stops at the same step, whichever one saw the bad loss
+        if state.trainer.strategy.agree(not math.isfinite(loss)):
+            seen = (
+                f"loss became {loss}"
+                if not math.isfinite(loss)
+                else "the loss became non-finite on another process"
+            )
             raise TrainingError(
-                f"loss became {loss} at step {state.step}: training stopped before "
+                f"{seen} at step {state.step}: training stopped before "
                 "the bad update; lower optim.lr, set trainer.clip_grad_norm, or check the data"
             )
         if self.check_every and state.step % self.check_every == 0:
@@ -52,6 +59,8 @@ class HealthCheck(Callback):
         if not with_grad:
             return
         norms = torch._foreach_norm([g.detach().float() for _, g in with_grad])
+        # sharded (FSDP) gradients give partial norms: full_tensor() reduces them
+        norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
         values = torch.stack(norms).tolist()
         if state.trainer.strategy.loss_scaling and not all(map(math.isfinite, values)):
             return  # fp16 overflow: the loss scaler skips this step and lowers its scale

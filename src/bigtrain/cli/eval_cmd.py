@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_config(run_dir: str | Path):
-    """The validated RunConfig saved in a run folder's config.yaml (progress bar off)."""
+    """The validated RunConfig saved in a run folder's config.yaml, for one process (progress
+    bar off; a distributed run's folder is evaluated by one plain process)."""
     import yaml
 
     from bigtrain.config.loader import validate
@@ -48,7 +49,12 @@ def run_config(run_dir: str | Path):
     except yaml.YAMLError:
         raise CheckpointError(f"{cfg_file} is corrupt") from None
     cfg = validate(raw, source=str(cfg_file))
-    return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"progress": False})})
+    return cfg.model_copy(
+        update={
+            "trainer": cfg.trainer.model_copy(update={"progress": False}),
+            "distributed": cfg.distributed.model_copy(update={"strategy": "single"}),
+        }
+    )
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", cfg=None):

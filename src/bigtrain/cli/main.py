@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # module names under bigtrain.cli, imported lazily so `bigtrain --help` stays fast
@@ -16,6 +17,8 @@ COMMAND_MODULES = [
     "data_cmd",
     "generate_cmd",
     "report_cmd",
+    "launch_cmd",
+    "consolidate_cmd",
 ]
 
 
@@ -31,8 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _who() -> str:
+    """``"rank R: "`` in a worker of a multi-process job (each worker reports its own errors)."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f"rank {rank}: " if world.isdigit() and int(world) > 1 else ""
+
+
+def _is_distributed_failure(e: Exception) -> bool:
+    dist = sys.modules.get("torch.distributed")  # not imported: not a distributed run
+    return dist is not None and isinstance(e, dist.DistError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from bigtrain.errors import BigtrainError
+    from bigtrain.errors import BigtrainError, ConfigError, PeerError
 
     parser = build_parser()
     # key=value overrides may come after options: collect them wherever they are
@@ -47,8 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
+    except PeerError:
+        return 2  # the process that failed first printed why
     except BigtrainError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not (isinstance(e, ConfigError) and _who() and os.environ.get("RANK") != "0"):
+            # a recipe error is the same on every process: process 0 says it once
+            print(f"error: {_who()}{e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not _is_distributed_failure(e):
+            raise
+        # a peer died or stopped answering within distributed.timeout_s
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(
+            f"error: {_who()}lost contact with the other processes ({first[:200]}); another "
+            "process failed or timed out (distributed.timeout_s)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

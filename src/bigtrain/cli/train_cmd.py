@@ -61,19 +61,30 @@ def _split_overrides(
 def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from bigtrain.run import build_run
+    from bigtrain.distributed import destroy_process_group
+    from bigtrain.run import build_run, restarted_with_checkpoint
 
-    recipe, overrides = _split_overrides(args.recipe, args.overrides, args.resume)
+    # a worker restarted by torchrun (--max-restarts) continues from the last checkpoint
+    resume = args.resume or restarted_with_checkpoint(args.run_dir)
+    recipe, overrides = _split_overrides(args.recipe, args.overrides, resume)
     quiet = args.quiet or args.json
     console = Console(stderr=True)
-    run = build_run(recipe, overrides, run_dir=args.run_dir, resume=args.resume, quiet=quiet)
-    if not quiet:
-        params = sum(p.numel() for p in run.trainer.state.model.parameters())
-        console.print(
-            f"[bold]{run.config.name}[/]: {params:,} parameters, "
-            f"{run.trainer.state.max_steps} steps -> {run.run_dir}"
-        )
-    summary = run.fit()
+    try:
+        run = build_run(recipe, overrides, run_dir=args.run_dir, resume=resume, quiet=quiet)
+        main = run.trainer.strategy.is_main
+        if not quiet and main:
+            strategy = run.trainer.strategy
+            params = sum(p.numel() for p in run.trainer.state.model.parameters())
+            where = f" on {strategy.world_size} processes" if strategy.world_size > 1 else ""
+            console.print(
+                f"[bold]{run.config.name}[/]: {params:,} parameters, "
+                f"{run.trainer.state.max_steps} steps{where} -> {run.run_dir}"
+            )
+        summary = run.fit()
+    finally:
+        destroy_process_group()
+    if not main:
+        return 0  # the main process prints the summary
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -4,6 +4,7 @@ validated RunConfig. Every mistake becomes one ConfigError line naming the key."
 from __future__ import annotations
 
 import copy
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,9 @@ def format_validation_error(
         shown = repr(given) if not isinstance(given, dict) else "a mapping"
         text = first["msg"].removeprefix("Value error, ")
         msg = f"{dotted}: {text} (got {shown})" if dotted else text
+        if first["type"] == "literal_error" and isinstance(given, str):
+            choices = re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", ""))
+            msg += did_you_mean(given, choices)
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return ConfigError(f"{source}: {msg}{suffix}" if source else f"{msg}{suffix}")

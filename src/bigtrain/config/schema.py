@@ -122,6 +122,20 @@ class TrainerConfig(_Strict):
         return self
 
 
+class DistributedConfig(_Strict):
+    """How the processes torchrun starts share the work (docs/distributed.md).
+
+    ``auto`` is ``ddp`` when torchrun started more than one process, ``single`` otherwise.
+    ``data.batch_size`` is the global batch, split evenly across processes.
+    """
+
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"
+    timeout_s: float = Field(600.0, gt=0)  # a collective waiting longer is an error, not a hang
+    find_unused_parameters: bool = False  # ddp: parameters a step may not use (sparse experts)
+    reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (less memory)
+    cpu_offload: bool = False  # fsdp on GPU: keep sharded weights and optimizer state in RAM
+
+
 class RunConfig(_Strict):
     """A whole recipe, resolved: what `bigtrain train` runs and writes to config.yaml."""
 
@@ -136,6 +150,7 @@ class RunConfig(_Strict):
     batch_size_schedule: BatchSizeScheduleConfig | None = None
     regularization: RegularizationConfig = RegularizationConfig()
     trainer: TrainerConfig
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="before")
     @classmethod

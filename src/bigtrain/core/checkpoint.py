@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import _remove_duplicate_names, load_file, load_model, save_file, save_model
 
 from bigtrain._io import describe_os_error, replace_folder, temp_dir_beside
 from bigtrain.errors import CheckpointError
 
 FORMAT_VERSION = 2
+SHARDED = "sharded"  # the torch.distributed.checkpoint folder inside a sharded checkpoint
 _TENSOR = "__tensor__"
 
 
@@ -73,6 +74,17 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's weights, each shared/tied tensor once (as safetensors saves)."""
+    weights = model.state_dict()
+    dropped = {n for names in _remove_duplicate_names(weights).values() for n in names}
+    return {
+        k: v.detach().to("cpu", copy=True).contiguous()
+        for k, v in weights.items()
+        if k not in dropped
+    }
+
+
 def rng_state() -> dict[str, Any]:
     """Every global RNG a training step may touch (torch CPU/CUDA, Python, NumPy)."""
     np_state = np.random.get_state()
@@ -108,24 +120,10 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, A
     ``trainer.json`` records the SHA-256 of both tensor files; loading verifies them.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir_beside(path)
-    except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {describe_os_error(e)}") from None
+    tmp = new_checkpoint_folder(path)
     try:
         save_model(model, str(tmp / "model.safetensors"))
-        tensors: dict[str, torch.Tensor] = {}
-        meta = {"format_version": FORMAT_VERSION, "state": _flatten(state, "s", tensors)}
-        save_file(tensors, str(tmp / "state.safetensors"))
-        meta["sha256"] = {
-            n: file_sha256(tmp / n) for n in ("model.safetensors", "state.safetensors")
-        }
-        with open(tmp / "trainer.json", "w") as f:
-            json.dump(meta, f)
-        for name in ("model.safetensors", "state.safetensors", "trainer.json"):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
+        write_state(tmp, state, ["model.safetensors"])
         replace_folder(tmp, path)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,10 +134,44 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, state: dict[str, A
     return path
 
 
+def new_checkpoint_folder(path: Path) -> Path:
+    """The empty temporary folder a checkpoint for ``path`` is written into, then renamed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return temp_dir_beside(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {describe_os_error(e)}") from None
+
+
+def write_state(
+    folder: Path, state: dict[str, Any], weight_files: list[str], layout: str = "single"
+) -> None:
+    """Write ``state.safetensors`` and ``trainer.json`` into a checkpoint folder being made.
+
+    ``weight_files`` (paths relative to ``folder``, already written) and ``state.safetensors``
+    get their SHA-256 recorded in ``trainer.json``; every recorded file is fsynced. ``layout``
+    is ``single`` (one ``model.safetensors``) or ``sharded`` (torch.distributed.checkpoint).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "layout": layout,
+        "state": _flatten(state, "s", tensors),
+    }
+    save_file(tensors, str(folder / "state.safetensors"))
+    names = [*weight_files, "state.safetensors"]
+    meta["sha256"] = {n: file_sha256(folder / n) for n in names}
+    with open(folder / "trainer.json", "w") as f:
+        json.dump(meta, f)
+    for name in [*names, "trainer.json"]:
+        with open(folder / name, "rb") as f:
+            os.fsync(f.fileno())
+
+
 def _check_folder(path: Path) -> None:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder {path} does not exist")
-    for name in ("model.safetensors", "state.safetensors", "trainer.json"):
+    for name in ("state.safetensors", "trainer.json"):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
 
@@ -193,6 +225,11 @@ def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) 
     """
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
+    if not file.is_file() and (path / SHARDED).is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is sharded (distributed.strategy=fsdp); make its weights one "
+            f"file first: bigtrain consolidate {path}"
+        )
     if not file.is_file():
         raise CheckpointError(f"no weights at {file}")
     verify_checksum(file, recorded_checksum(file.parent))
@@ -217,7 +254,7 @@ def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) 
 
 
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Check a checkpoint folder is complete and its files match their recorded checksums;
+    """Check a checkpoint folder is complete and every file matches its recorded checksum;
     returns trainer.json's content (CheckpointError naming the problem otherwise)."""
     path = Path(path)
     _check_folder(path)
@@ -225,25 +262,39 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or "state" not in meta:
         raise CheckpointError(f"checkpoint {path}/trainer.json is corrupt (no state)")
     sums = meta.get("sha256", {})
-    for name in ("model.safetensors", "state.safetensors"):
-        verify_checksum(path / name, sums.get(name) if isinstance(sums, dict) else None)
+    sums = sums if isinstance(sums, dict) else {}
+    if meta.get("layout", "single") == "single":
+        sums = {"model.safetensors": None, **sums}  # a single-file checkpoint needs its weights
+    for name, expected in sums.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+        verify_checksum(file, expected)
     return meta
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the nested state dict saved with them."""
+def load_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify a checkpoint folder and return (trainer.json's metadata, the nested state)."""
     path = Path(path)
-    _check_folder(path)
-    meta = read_json(path / "trainer.json")
-    if not isinstance(meta, dict) or "state" not in meta:
-        raise CheckpointError(f"checkpoint {path}/trainer.json is corrupt (no state)")
-    load_weights(path, model)
-    verify_checksum(path / "state.safetensors", meta.get("sha256", {}).get("state.safetensors"))
+    meta = verify_checkpoint(path)
     try:
         tensors = load_file(str(path / "state.safetensors"))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e})") from None
     try:
-        return _unflatten(meta["state"], tensors)
+        return meta, _unflatten(meta["state"], tensors)
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}/trainer.json is corrupt ({e})") from None
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` and return the nested state dict saved with them."""
+    path = Path(path)
+    meta, state = load_state(path)
+    if meta.get("layout", "single") != "single":
+        raise CheckpointError(
+            f"checkpoint {path} is sharded (written with distributed.strategy=fsdp): resume it "
+            f"with fsdp, or make its weights one file: bigtrain consolidate {path}"
+        )
+    load_weights(path, model)
+    return state

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bigtrain.core.callback import Callback, CallbackList
-from bigtrain.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from bigtrain.core.checkpoint import rng_state, set_rng_state
 from bigtrain.core.events import Event
 from bigtrain.core.schedule import Schedule, as_schedule
 from bigtrain.core.state import BatchSource, TrainState
@@ -118,6 +118,7 @@ class Trainer:
                 self.train_step(s.batch)
                 s.batch_in_epoch += 1
                 fire(Event.AFTER_STEP, s)
+                self._agree_stop()
                 self._apply_batch_size()
                 self.end_step()
                 if s.should_stop or self._limit_reached():
@@ -151,6 +152,13 @@ class Trainer:
             fire(Event.EPOCH_END, s)
         fire(Event.STEP_END, s)
 
+    def _agree_stop(self) -> None:
+        """A stop asked for on any process stops every process at the same step (no process is
+        left waiting in a collective)."""
+        s = self.state
+        if self.strategy.agree(s.should_stop) and not s.should_stop:
+            s.should_stop, s.stop_reason = True, s.stop_reason or "stopped by another process"
+
     def _apply_batch_size(self) -> None:
         if self.batch_size_schedule is not None:
             self.state.train_data.batch_size = self.batch_size_schedule(self.state.step)
@@ -180,9 +188,7 @@ class Trainer:
         strategy.unscale_gradients(s.optimizer)
         fire(Event.AFTER_BACKWARD, s)
         if self.clip_grad_norm is not None:
-            s.grad_norm = torch.nn.utils.clip_grad_norm_(
-                self._params, self.clip_grad_norm, foreach=True
-            )
+            s.grad_norm = strategy.clip_grad_norm(self._params, self.clip_grad_norm)
         if self.clip_grad_value is not None:
             torch.nn.utils.clip_grad_value_(self._params, self.clip_grad_value, foreach=True)
         if s.schedule is not None:
@@ -216,11 +222,13 @@ class Trainer:
         """Mean loss, the task's metrics and the mean of each scalar extra over ``data``.
 
         Keys look like ``"val/accuracy"``. ``light`` uses the task's cheap metric subset (the
-        periodic evaluation during training). Sums and counts are reduced across processes
-        before dividing. Non-scalar metric results (a confusion matrix) become nested lists.
+        periodic evaluation during training). Each process evaluates its ``strategy.shard`` of
+        ``data``; sums and counts are reduced across processes before dividing, and the metric
+        objects reduce their own state. Non-scalar metric results (a confusion matrix) become
+        nested lists.
         """
         s = self.state
-        model, task = s.model, s.task
+        model, task = self.strategy.unwrap(s.model), s.task
         was_training = model.training
         model.eval()
         if light not in self._metrics:  # made once: building metric objects costs ~1 ms
@@ -233,10 +241,12 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         extra_sums: dict[str, torch.Tensor] = {}
         count = 0
-        for batch in data:
+        for batch, counted in self.strategy.shard(data):
             batch = self.strategy.to_device(batch)
             with self.strategy.autocast():
                 out = task.loss(model, batch)
+            if not counted:
+                continue  # a padding batch: its forward only keeps the processes in step
             loss_sum += out.loss.detach().double() * out.n
             for k, v in out.extras.items():
                 v = torch.as_tensor(v, device=device).detach().double()
@@ -263,6 +273,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Everything but the model and optimizer (the strategy saves those, maybe sharded)."""
         s = self.state
         return {
             "step": s.step,
@@ -272,7 +283,6 @@ class Trainer:
             "stop_reason": s.stop_reason,
             "metrics": _scalars(s.metrics),
             "history": [_scalars(h) for h in s.history],
-            "optimizer": s.optimizer.state_dict(),
             "schedule": s.schedule.state_dict() if s.schedule is not None else {},
             "strategy": self.strategy.state_dict(),
             "train_data": s.train_data.state_dict(),
@@ -282,7 +292,8 @@ class Trainer:
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint folder at ``path`` atomically and fire CHECKPOINT."""
-        path = save_checkpoint(path, self.state.model, self.state_dict())
+        s = self.state
+        path = self.strategy.save_checkpoint(path, s.model, s.optimizer, self.state_dict())
         self.state.last_checkpoint = path
         self.callbacks.fire(Event.CHECKPOINT, self.state)
         return path
@@ -294,9 +305,8 @@ class Trainer:
         finished (early-stopped, or at this run's step/epoch limit).
         """
         s = self.state
-        saved = load_checkpoint(path, s.model)
         try:
-            s.optimizer.load_state_dict(saved["optimizer"])
+            saved = self.strategy.load_checkpoint(path, s.model, s.optimizer)
             if s.schedule is not None:
                 s.schedule.load_state_dict(saved["schedule"])
             self.strategy.load_state_dict(saved.get("strategy", {}))

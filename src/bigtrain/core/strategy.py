@@ -8,10 +8,14 @@ changes. DDP and FSDP strategies live in ``bigtrain.distributed``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from bigtrain.core.checkpoint import load_checkpoint, load_weights, save_checkpoint, weights_copy
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,7 +37,11 @@ class Strategy:
     Call order per run: ``setup(model)`` once, before the optimizer is built (a sharding strategy
     replaces parameters). Per step: ``gradient_sync(last)`` and ``autocast()`` around each
     micro-batch's forward and ``backward``, ``unscale_gradients`` once all micro-batches are done,
-    then ``optimizer_step``. ``state_dict`` is saved in every checkpoint.
+    ``clip_grad_norm`` if asked, then ``optimizer_step``; ``agree(should_stop)`` after each step
+    so that every process stops together. Evaluation iterates ``shard(batches)``. Checkpoints go
+    through ``save_checkpoint`` / ``load_checkpoint`` (which own the model and optimizer state,
+    sharded or not) and best weights through ``full_weights`` / ``load_weights``.
+    ``state_dict`` is saved in every checkpoint.
     """
 
     device: torch.device = torch.device("cpu")
@@ -51,6 +59,11 @@ class Strategy:
     def setup(self, model: nn.Module) -> nn.Module:
         """Place (and, for distributed strategies, wrap) the model. Called once."""
         return model.to(self.device)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The model without wrappers: parameter names as in the plain model (for evaluation,
+        checkpoints and reports)."""
+        return model
 
     def to_device(self, batch: Any) -> Any:
         return move_to(batch, self.device)
@@ -75,9 +88,62 @@ class Strategy:
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
+    def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Clip the total gradient norm (over every process's shard) and return it, unclipped."""
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
     def reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum ``value`` over processes (evaluation reduces sums and counts, never means)."""
         return value
+
+    def agree(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any (a stop request, a due save)."""
+        return flag
+
+    def broadcast_object(self, value: Any) -> Any:
+        """The main process's ``value`` (picklable), on every process."""
+        return value
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+        return None
+
+    def shard(self, batches: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+        """This process's share of evaluation ``batches`` as ``(batch, counted)`` pairs.
+
+        Every batch is counted on exactly one process. A strategy whose forward is a collective
+        (FSDP) yields the same number of pairs on every process, padding with uncounted ones.
+        """
+        for batch in batches:
+            yield batch, True
+
+    def save_checkpoint(
+        self,
+        path: str | Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+    ) -> Path:
+        """Write model, optimizer and ``state`` (everything else) as one checkpoint folder."""
+        return save_checkpoint(
+            path, self.unwrap(model), {**state, "optimizer": optimizer.state_dict()}
+        )
+
+    def load_checkpoint(
+        self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Any]:
+        """Load what ``save_checkpoint`` wrote into model and optimizer; returns ``state``."""
+        saved = load_checkpoint(path, self.unwrap(model))
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        return saved
+
+    def full_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A CPU copy of every weight (tied tensors once) on the main process ({} elsewhere)."""
+        return weights_copy(self.unwrap(model))
+
+    def load_weights(self, path: str | Path, model: nn.Module) -> None:
+        """Load a weights file or checkpoint folder written from ``full_weights``."""
+        load_weights(path, self.unwrap(model))
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state (the fp16 loss scale...); JSON-able values and tensors only."""

@@ -1,9 +1,15 @@
 """Resumable batch sources for the training loop (bigtrain.core.state.BatchSource).
 
-Both loaders draw each epoch's order from their own ``torch.Generator`` (never the global RNG) and
-save ``{"epoch", "position", "generator"}``: the generator state at the start of the epoch and how
-many examples of the epoch were served. Restoring redraws the same order and continues at the same
-example, so batches after a resume are bitwise equal to those of an uninterrupted run.
+Both loaders draw each epoch's order from their own ``torch.Generator`` (never the global RNG).
+With ``world_size`` processes, ``batch_size`` is the global batch: each process serves
+``batch_size // world_size`` examples of it, so step k of an epoch takes positions
+``[k * batch_size, (k + 1) * batch_size)`` of the epoch order on any number of processes.
+
+``state_dict`` saves ``{"epoch", "consumed", "generator", "num_examples"}``: the generator state
+at the start of the epoch and how many examples of the epoch's order all processes together
+served (always a prefix of it). That does not depend on the number of processes: restoring
+redraws the order and shards the rest of the epoch over the new processes, and with as many
+processes as before the batches are bitwise equal to those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,6 +28,17 @@ from bigtrain.errors import CheckpointError, ConfigError, DataError
 BatchSize = int | Literal["full"]
 
 
+def split_global_batch(batch_size: int, world_size: int) -> int:
+    """Examples per process of a global batch of ``batch_size`` split over ``world_size``."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size {batch_size} is not a multiple of the {world_size} processes; "
+            f"use a multiple of {world_size} (the batch size is the global batch, split across "
+            "processes)"
+        )
+    return batch_size // world_size
+
+
 class _Resumable:
     """Epoch/position bookkeeping and the state_dict contract shared by both loaders.
 
@@ -29,7 +46,10 @@ class _Resumable:
     by repeating its start to a multiple of ``world_size`` and serves every ``world_size``-th
     example from ``rank`` on (``torch.utils.data.DistributedSampler``'s rule): the shards of an
     epoch are disjoint but for the padding, and equal in size, so every process takes the same
-    number of steps. ``batch_size`` is per process. One process serves the whole epoch.
+    number of steps. ``batch_size`` is the global batch, ``local_batch_size`` this process's part.
+
+    A resumed epoch is a segment: the examples ``order[start:]`` not yet served, sharded (and
+    padded from the start of ``order``) the same way over the current processes.
     """
 
     def __init__(
@@ -48,70 +68,101 @@ class _Resumable:
             raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         self.n, self.shuffle, self.drop_last, self.seed = n, shuffle, drop_last, seed
         self.rank, self.world_size = rank, world_size
-        self.span = -(-n // world_size)  # examples this process serves per epoch
+        self.epoch_span = -(-n // world_size)  # examples this process serves in a whole epoch
         self.batch_size = batch_size  # type: ignore[assignment]  (the setter takes "full")
         self.epoch = 0
-        self.position = 0  # examples of the current epoch already served
+        self.start = 0  # examples of the epoch's order served before this segment (a resume)
+        self.position = 0  # examples this process served in the current segment
         self._gen = torch.Generator().manual_seed(seed)
         self._epoch_start = self._gen.get_state()
-        self._order: Any = None  # this epoch's order, drawn lazily from _epoch_start
+        self._order: Any = None  # this segment's shard of the order, drawn from _epoch_start
 
     @property
     def batch_size(self) -> int:
-        """Examples per batch; set an int (takes effect at the next batch) or ``"full"``."""
-        return self._batch_size
+        """Examples per step over all processes; set an int (a multiple of ``world_size``,
+        taking effect at the next batch) or ``"full"`` (the whole epoch in one step)."""
+        return self._local * self.world_size
 
     @batch_size.setter
     def batch_size(self, value: BatchSize) -> None:
         if value == "full":
-            value = self.span
+            self._local = self.epoch_span
+            return
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"batch size must be a positive integer or 'full', got {value!r}")
-        self._batch_size = value
+        self._local = split_global_batch(value, self.world_size)
+
+    @property
+    def local_batch_size(self) -> int:
+        """Examples per batch on this process: ``batch_size // world_size``."""
+        return self._local
+
+    @property
+    def span(self) -> int:
+        """Examples this process serves in the current segment (the whole epoch unless resumed)."""
+        return -(-(self.n - self.start) // self.world_size)
+
+    @property
+    def consumed(self) -> int:
+        """Examples of this epoch's order that all processes together have served."""
+        return min(self.n, self.start + self.position * self.world_size)
+
+    def _take(self, start: int, position: int, local: int) -> int:
+        """Examples per process in the next batch of the segment from ``start`` at
+        ``position``; 0 at the end of the epoch. ``drop_last`` drops a batch with fewer than
+        ``local * world_size`` real (unpadded) examples left, so every world size drops alike."""
+        w = self.world_size
+        left = -(-(self.n - start) // w) - position
+        unserved = self.n - min(self.n, start + position * w)
+        if left <= 0 or (self.drop_last and unserved < min(local * w, self.n)):
+            return 0
+        return min(local, left)
 
     def __len__(self) -> int:
-        """Batches in a whole epoch at the current batch size."""
-        b = min(self._batch_size, self.span)
-        return self.span // b if self.drop_last else -(-self.span // b)
+        """Batches in a whole epoch at the current batch size (the same for any world size)."""
+        if self.drop_last:
+            return max(1, self.n // self.batch_size)
+        return -(-self.epoch_span // min(self._local, self.epoch_span))
 
     def at_epoch_end(self) -> bool:
         """True when the current epoch has no batch left at the current batch size."""
-        left = self.span - self.position
-        return left <= 0 or (self.drop_last and left < min(self._batch_size, self.span))
+        return self._take(self.start, self.position, self._local) == 0
 
     def steps_in_epochs(self, epochs: int, batch_size_at: Callable[[int], int]) -> int:
-        """Optimizer steps that ``epochs`` whole epochs take when step ``s`` uses a batch of
-        ``batch_size_at(s)`` (a batch-size schedule), counted the way ``__iter__`` serves them."""
+        """Optimizer steps that ``epochs`` whole epochs take when step ``s`` uses a global batch
+        of ``batch_size_at(s)`` (a batch-size schedule), counted the way ``__iter__`` serves
+        them."""
         step = 0
         for _ in range(epochs):
             position = 0
-            while True:
-                b, left = min(batch_size_at(step), self.span), self.span - position
-                if left <= 0 or (self.drop_last and left < b):
-                    break
-                position += min(b, left)
+            while take := self._take(
+                0, position, split_global_batch(batch_size_at(step), self.world_size)
+            ):
+                position += take
                 step += 1
         return step
 
     def _next_range(self) -> tuple[int, int] | None:
-        """(start, stop) of the next batch in this epoch's order, or None at the epoch's end."""
-        left = self.span - self.position
-        b = min(self._batch_size, self.span)
-        if left <= 0 or (self.drop_last and left < b):
+        """(start, stop) of the next batch in this segment's shard, or None at the epoch's end."""
+        take = self._take(self.start, self.position, self._local)
+        if not take:
             return None
         start = self.position
-        self.position = start + min(b, left)
+        self.position = start + take
         return start, self.position
 
     def _shard(self, order: Any) -> Any:
-        """This process's part of the epoch's ``order`` (a tensor or an array of n indices)."""
+        """This process's part of the segment ``order[start:]`` (a tensor or an array of the n
+        indices of the epoch), padded with ``order[0], order[1], ...`` to a multiple of
+        ``world_size``: the same padding whether or not the epoch was resumed."""
+        rest = order[self.start :]
         if self.world_size == 1:
-            return order
-        total = self.span * self.world_size
+            return rest
+        pad = self.span * self.world_size - len(rest)
         if isinstance(order, np.ndarray):
-            padded = np.resize(order, total)  # repeats from the start
+            padded = np.concatenate([rest, np.resize(order, pad)])  # resize repeats from the start
         else:
-            padded = order.repeat(-(-total // self.n))[:total]
+            padded = torch.cat([rest, order.repeat(-(-pad // self.n))[:pad]])
         return padded[self.rank :: self.world_size]
 
     @property
@@ -123,7 +174,7 @@ class _Resumable:
         if self.shuffle and self._order is None:
             self._draw_order()  # an epoch that served nothing still advances the generator
         self.epoch += 1
-        self.position = 0
+        self.start = self.position = 0
         self._epoch_start = self._gen.get_state()
         self._order = None
 
@@ -131,30 +182,31 @@ class _Resumable:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "position", "generator", "num_examples", "world_size"}``."""
+        """``{"epoch", "consumed", "generator", "num_examples"}``, for any world size."""
         return {
             "epoch": self.epoch,
-            "position": self.position,
+            "consumed": self.consumed,
             "generator": self._epoch_start.clone(),
             "num_examples": self.n,
-            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where ``state_dict`` was taken (same data, any batch size)."""
+        """Continue where ``state_dict`` was taken (same data, any batch size, any world size).
+
+        The epoch's unserved examples are sharded over this run's processes; with the world size
+        of the saved run the batches are those of an uninterrupted run.
+        """
         n = int(state.get("num_examples", self.n))
         if n != self.n:
             raise CheckpointError(
                 f"the saved data position is for {n} examples but this data set has {self.n}; "
                 "resume with the same data settings"
             )
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.world_size:
-            raise CheckpointError(
-                f"the saved data position is for {saved_world} processes but this run has "
-                f"{self.world_size}; resume with the same number of processes"
-            )
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if "consumed" in state:
+            consumed = int(state["consumed"])
+        else:  # older checkpoints: examples per process, from the start of the epoch
+            consumed = int(state["position"]) * int(state.get("world_size", 1))
+        self.epoch, self.start, self.position = int(state["epoch"]), min(self.n, consumed), 0
         self._epoch_start = torch.as_tensor(state["generator"], dtype=torch.uint8).clone()
         self._gen.set_state(self._epoch_start)
         self._order = None
@@ -169,10 +221,12 @@ class InMemoryLoader(_Resumable):
     Args:
         x: inputs, first dimension = examples.
         y: targets with the same first dimension.
-        batch_size: examples per batch or ``"full"`` (one batch of everything per epoch).
+        batch_size: examples per batch over all processes (a multiple of ``world_size``) or
+            ``"full"`` (one batch of everything per epoch).
         shuffle: draw a new order each epoch from this loader's own generator.
         seed: seed of that generator.
-        drop_last: skip the last batch of an epoch when it is smaller than ``batch_size``.
+        drop_last: skip the last batch of an epoch when it has fewer than ``batch_size``
+            examples (over all processes, padding excluded).
         rank / world_size: this process's shard of every epoch (see ``_Resumable``).
     """
 
@@ -207,6 +261,7 @@ class InMemoryLoader(_Resumable):
         while (span := self._next_range()) is not None:
             start, stop = span
             if not self._indexed:
+                start, stop = start + self.start, stop + self.start
                 whole = start == 0 and stop == self.n
                 yield (x, y) if whole else (x[start:stop], y[start:stop])  # views: no copy
             else:
@@ -272,7 +327,7 @@ class StreamingLoader(_Resumable):
             if self._indexed:
                 rows: Any = np.sort(self._order[start:stop])  # forward reads
             else:
-                rows = slice(start, stop)
+                rows = slice(self.start + start, self.start + stop)
             xb = torch.from_numpy(_native(np.asarray(self.x[rows])))
             yb = torch.from_numpy(_native(np.asarray(self.y[rows])))
             yield self.transform(xb), yb

@@ -2,7 +2,9 @@
 
 A prepared folder (see :func:`bigtrain.data.text.prepare_text`) holds ``train.bin`` / ``val.bin``:
 raw uint16 or uint32 token ids, as in nanoGPT. The sampler reads them through a read-only
-``np.memmap``, so memory does not grow with the corpus.
+``np.memmap``, so memory does not grow with the corpus. Its ``batch_size`` is the global batch:
+every process draws the same window starts and keeps its own slice of them, so the saved
+position is the same on every rank and resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bigtrain.data.loader import split_global_batch
 from bigtrain.errors import CheckpointError, ConfigError, DataError
 
 
@@ -98,17 +101,20 @@ class TokenWindowSampler:
 
     Implements the loop's ``BatchSource``: an endless stream cut into epochs of
     ``steps_per_epoch`` batches (default: about one pass over the tokens). Window starts come from
-    the sampler's own ``torch.Generator``, so ``state_dict`` / ``load_state_dict`` resume the
-    exact same batches. ``batch_size`` may change between batches.
+    the sampler's own ``torch.Generator``, seeded alike on every process: each step draws
+    ``batch_size`` starts and process ``rank`` keeps ``starts[rank * b:(rank + 1) * b]`` with
+    ``b = local_batch_size``, so the processes together see one process's batch and
+    ``state_dict`` / ``load_state_dict`` resume the exact same batches on any world size.
+    ``batch_size`` may change between batches.
 
     Args:
         path: raw token file (``train.bin``).
         dtype: its dtype, ``"uint16"`` or ``"uint32"`` (``meta.json`` says which).
-        block_size: context length T; batches are int64 tensors of shape (B, T).
-        batch_size: windows per batch B.
-        seed: seeds the generator.
+        block_size: context length T; batches are int64 tensors of shape (B // world_size, T).
+        batch_size: windows per batch B over all processes (a multiple of ``world_size``).
+        seed: seeds the generator (the same on every process).
         steps_per_epoch: batches per epoch; default ``n_tokens // (batch_size * block_size)``.
-        rank / world_size: this process among ``world_size``; each draws its own windows.
+        rank / world_size: this process among ``world_size``; it yields (B // world_size, T).
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class TokenWindowSampler:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.block_size = int(block_size)
+        self.rank, self.world_size = rank, world_size
         self.batch_size = batch_size
         self.n_tokens = count_tokens(self.path, self.dtype)
         if self.n_tokens < self.block_size + 1:
@@ -144,9 +151,8 @@ class TokenWindowSampler:
         self.seed = seed
         self.epoch = 0
         self.position = 0  # batches already yielded in the current epoch
-        self.rank, self.world_size = rank, world_size
-        # each process draws its own windows (rank 0's stream is the one-process stream)
-        self._gen = torch.Generator().manual_seed(seed + 1_000_003 * rank)
+        # one stream on every process (each keeps its slice of every step's starts)
+        self._gen = torch.Generator().manual_seed(seed)
         self._offsets = np.arange(self.block_size + 1, dtype=np.int64)  # (T+1,)
         self._tokens: np.memmap | None = None
 
@@ -159,6 +165,8 @@ class TokenWindowSampler:
         batch_size: int,
         seed: int = 0,
         steps_per_epoch: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> TokenWindowSampler:
         """Sampler over ``out_dir/<split>.bin`` (split ``"train"`` or ``"val"``)."""
         if split not in ("train", "val"):
@@ -171,17 +179,25 @@ class TokenWindowSampler:
             batch_size,
             seed,
             steps_per_epoch,
+            rank,
+            world_size,
         )
 
     @property
     def batch_size(self) -> int:
-        return self._batch_size
+        """Windows per step over all processes (set a multiple of ``world_size``)."""
+        return self._local * self.world_size
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
         if int(value) < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {value}")
-        self._batch_size = int(value)
+        self._local = split_global_batch(int(value), self.world_size)
+
+    @property
+    def local_batch_size(self) -> int:
+        """Windows per batch on this process: ``batch_size // world_size``."""
+        return self._local
 
     def _memmap(self) -> np.memmap:
         # Opened lazily and kept: pages are read on demand, never the whole file.
@@ -190,13 +206,16 @@ class TokenWindowSampler:
         return self._tokens
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw one batch ``(x, y)``, each int64 (B, T); advances the generator."""
+        """Draw this process's part ``(x, y)`` of one batch, each int64 (b, T) with
+        ``b = local_batch_size``; advances the generator by the whole batch's B starts."""
         tokens = self._memmap()
         high = self.n_tokens - self.block_size  # starts in [0, n - T - 1]
-        starts = torch.randint(0, high, (self.batch_size,), generator=self._gen).numpy()
-        idx = starts[:, None] + self._offsets[None, :]  # (B, T+1)
+        starts = torch.randint(0, high, (self.batch_size,), generator=self._gen).numpy()  # (B,)
+        b = self._local
+        starts = starts[self.rank * b : (self.rank + 1) * b]  # (b,)
+        idx = starts[:, None] + self._offsets[None, :]  # (b, T+1)
         window = torch.from_numpy(tokens[idx].astype(np.int64))  # one gather from the memmap
-        return window[:, :-1].contiguous(), window[:, 1:].contiguous()  # (B, T), (B, T)
+        return window[:, :-1].contiguous(), window[:, 1:].contiguous()  # (b, T), (b, T)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while self.position < self.steps_per_epoch:
@@ -217,27 +236,24 @@ class TokenWindowSampler:
         return epochs * self.steps_per_epoch
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "position", "generator": uint8 tensor, "n_tokens"}``."""
+        """``{"epoch", "position", "generator": uint8 tensor, "n_tokens"}``, alike on every
+        process and valid for any world size."""
         return {
             "epoch": self.epoch,
             "position": self.position,
             "generator": self._gen.get_state(),
             "n_tokens": self.n_tokens,
-            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a position; the following batches equal those of an uninterrupted run."""
+        """Restore a position; the following batches equal those of an uninterrupted run (on
+        another world size: their union over processes does). An old ``"world_size"`` key is
+        ignored."""
         n = state.get("n_tokens", self.n_tokens)
         if n != self.n_tokens:
             raise CheckpointError(
                 f"the checkpoint's sampler was over {n} tokens but {self.path} has "
                 f"{self.n_tokens}: the token file changed since the checkpoint"
-            )
-        if int(state.get("world_size", 1)) != self.world_size:
-            raise CheckpointError(
-                f"the checkpoint's sampler was for {state.get('world_size', 1)} processes but "
-                f"this run has {self.world_size}; resume with the same number of processes"
             )
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

@@ -318,6 +318,11 @@ class GPT(nn.Module):
             module.reset_parameters(0.02)
 
     @property
+    def blocks(self) -> nn.ModuleList:
+        """The distinct blocks (units a sharding strategy wraps one by one)."""
+        return self.transformer.h
+
+    @property
     def layers(self) -> list[nn.Module]:
         """The block applied at each of the n_layer layers (shared blocks repeat)."""
         h = self.transformer.h
