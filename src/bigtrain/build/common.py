@@ -105,12 +105,14 @@ def make_strategy(cfg: RunConfig) -> Strategy:
     name = strategy_name(cfg)
     if name == "single":
         return SingleDevice(device, precision)
-    from bigtrain.distributed import DDPStrategy, FSDPStrategy
+    from bigtrain.distributed import strategy_class
 
     d = cfg.distributed
     if name == "ddp":
-        return DDPStrategy(device, precision, d.timeout_s, d.find_unused_parameters)
-    return FSDPStrategy(device, precision, d.timeout_s, d.reshard_after_forward, d.cpu_offload)
+        options = {"find_unused_parameters": d.find_unused_parameters}
+    else:
+        options = {"reshard_after_forward": d.reshard_after_forward, "cpu_offload": d.cpu_offload}
+    return strategy_class(name)(device, precision, d.timeout_s, **options)
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> list[tuple]:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from bigtrain.core.callback import Callback
 from bigtrain.core.state import TrainState
 from bigtrain.errors import TrainingError
+
+
+def _full(norm: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP) gradient's norm is partial on each process: ``full_tensor`` reduces it.
+    DTensor's module is read only when loaded (importing it costs ~1.5 s)."""
+    tensor_module = sys.modules.get("torch.distributed.tensor")
+    if tensor_module is not None and isinstance(norm, tensor_module.DTensor):
+        return norm.full_tensor()
+    return norm
 
 
 class HealthCheck(Callback):
@@ -59,8 +68,7 @@ class HealthCheck(Callback):
         if not with_grad:
             return
         norms = torch._foreach_norm([g.detach().float() for _, g in with_grad])
-        # sharded (FSDP) gradients give partial norms: full_tensor() reduces them
-        norms = [n.full_tensor() if isinstance(n, DTensor) else n for n in norms]
+        norms = [_full(n) for n in norms]
         values = torch.stack(norms).tolist()
         if state.trainer.strategy.loss_scaling and not all(map(math.isfinite, values)):
             return  # fp16 overflow: the loss scaler skips this step and lowers its scale
