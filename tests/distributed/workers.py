@@ -68,7 +68,7 @@ def main(out: Path, cache_dir: str) -> None:
         if name == "mlp_accum":
             ddp = trainer.state.model
 
-            def counting_allreduce(_, bucket):  # DDP's default hook, counted
+            def counting_allreduce(_, bucket, calls=calls, trainer=trainer):  # DDP default, counted
                 calls.append(trainer.state.step)
                 work = torch.distributed.all_reduce(bucket.buffer(), async_op=True)
                 return work.get_future().then(lambda f: f.value()[0] / 2)

@@ -41,8 +41,14 @@ def _who() -> str:
 
 
 def _is_distributed_failure(e: Exception) -> bool:
+    """A collective failed: a peer died, or stopped answering for distributed.timeout_s."""
     dist = sys.modules.get("torch.distributed")  # not imported: not a distributed run
-    return dist is not None and isinstance(e, dist.DistError)
+    if dist is None:
+        return False
+    if isinstance(e, dist.DistError):
+        return True
+    # gloo reports a lost peer as a RuntimeError raised inside the collective
+    return bool(_who()) and isinstance(e, RuntimeError) and "gloo" in str(e)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,17 +38,27 @@ class LaunchPlan:
         return [
             "--nnodes", str(self.nnodes),
             "--nproc-per-node", str(self.nproc_per_node),
-            "--node-rank", str(self.node_rank),
             # c10d: torchrun's own TCP-store rendezvous (etcd is not needed); restarts
             # re-form the group through it
             "--rdzv-backend", "c10d",
             "--rdzv-endpoint", self.rdzv_endpoint,
             "--rdzv-id", self.rdzv_id,
+            *self._host_conf(),
             "--max-restarts", str(self.max_restarts),
             "--monitor-interval", str(self.monitor_interval),
             "-m", WORKER_MODULE,
             *self.worker_args,
         ]  # fmt: skip
+
+
+    def _host_conf(self) -> list[str]:
+        # (torchrun itself ignores --node-rank with c10d: ranks come from the rendezvous)
+        # node 0 hosts the rendezvous store, the others only connect: left to torchrun, every
+        # node whose address matches the endpoint (all of them on one test machine) races to
+        # host it, and one whose store lost the race waits forever
+        if self.nnodes == 1:
+            return []
+        return ["--rdzv-conf", f"is_host={'true' if self.node_rank == 0 else 'false'}"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
