@@ -88,12 +88,17 @@ def two_node_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_two_nodes_on_loopback_train_together_and_only_rank_0_writes(two_node_run):
+def test_two_nodes_on_loopback_train_together_and_only_rank_0_writes(two_node_run, capsys):
     summary = json.loads((two_node_run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == STEPS
     assert summary["test"]["accuracy"] > 0.9
     logged = steps_logged(two_node_run)
     assert logged == sorted(set(logged)) and logged[-1] == STEPS  # one writer, no duplicates
+    # a DDP run folder is a plain one: its weights have no "module." prefix
+    assert not any(k.startswith("module.") for k in final_weights(two_node_run))
+    assert main(["eval", str(two_node_run), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
 
 
 def test_a_killed_worker_restarts_the_group_and_the_run_ends_as_if_uninterrupted(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tests.distributed import workers
+
+from bigtrain.build import build
+from bigtrain.config import load_recipe
+from bigtrain.core.checkpoint import load_weights
+from bigtrain.distributed import destroy_process_group
+from bigtrain.distributed.consolidate import consolidate
+from bigtrain.errors import CheckpointError
 
 WORKER_TIMEOUT_S = 240
 
@@ -116,11 +124,46 @@ def test_ddp_gpt_equals_one_process(shared):
     assert_close(load_file(out / "gpt.safetensors"), weights(one), atol=2e-5)
 
 
-def test_fsdp_gpt_equals_one_process(shared):
+@pytest.mark.parametrize("name", ["gpt_fsdp", "gpt_fsdp_recompute"])
+def test_fsdp_gpt_equals_one_process(shared, name):
     out, cache, _ = shared
     one = one_process("gpt", cache)  # the same recipe without fsdp
-    two = load_file(out / "gpt_fsdp.safetensors")
+    two = load_file(out / f"{name}.safetensors")
     assert_close(two, weights(one), atol=2e-5)
+
+
+def test_a_sharded_checkpoint_consolidates_into_one_file(shared, tmp_path):
+    out, cache, _ = shared
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(out / "fsdp_checkpoint", checkpoint)
+    assert (checkpoint / "sharded").is_dir() and not (checkpoint / "model.safetensors").exists()
+    plain = workers.train("gpt", str(cache)).model  # one process, no sharding
+    with pytest.raises(CheckpointError, match="bigtrain consolidate"):
+        load_weights(checkpoint, plain)
+    consolidate(checkpoint, plain)
+    gathered = load_file(out / "gpt_fsdp.safetensors")  # the two processes' full weights
+    for name, tensor in gathered.items():
+        assert torch.equal(plain.state_dict()[name], tensor), name
+    load_weights(checkpoint, plain)  # now one file, its checksum recorded and verified
+
+
+def test_a_sharded_checkpoint_of_two_processes_resumes_on_one(shared):
+    out, cache, _ = shared
+    cfg = load_recipe("tiny/shakespeare-char", [
+        *workers.overrides("gpt_fsdp", str(cache)), "trainer.max_steps=6"
+    ])  # fmt: skip
+    try:
+        built = build(cfg, run_dir=None, quiet=True)  # fsdp on a group of one
+        assert built.trainer.strategy.world_size == 1
+        built.trainer.load(out / "fsdp_checkpoint")
+        assert built.trainer.state.step == 4
+        resumed = built.trainer.strategy.full_weights(built.model)
+        for name, tensor in load_file(out / "gpt_fsdp.safetensors").items():
+            assert torch.equal(resumed[name], tensor), name
+        built.trainer.fit()  # and trains on: the optimizer state was re-sharded too
+        assert built.trainer.state.step == 6
+    finally:
+        destroy_process_group()
 
 
 def test_evaluation_over_two_processes_equals_one_process_exactly(shared):

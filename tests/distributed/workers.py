@@ -29,6 +29,15 @@ SCENARIOS = {
         "tiny/shakespeare-char",
         ["trainer.max_steps=4", "data.batch_size=8", "distributed.strategy=fsdp"],
     ),
+    "gpt_fsdp_recompute": (  # activation checkpointing inside FSDP units
+        "tiny/shakespeare-char",
+        [
+            "trainer.max_steps=4",
+            "data.batch_size=8",
+            "distributed.strategy=fsdp",
+            "model.activation_checkpointing=true",
+        ],
+    ),
 }
 # dropout off: each process draws its own masks for its half of the batch
 COMMON = [
@@ -75,6 +84,8 @@ def main(out: Path, cache_dir: str) -> None:
 
             ddp.register_comm_hook(None, counting_allreduce)
         trainer.fit()
+        if name == "gpt_fsdp":
+            trainer.save(out / "fsdp_checkpoint")  # sharded: every process writes its part
         weights = trainer.strategy.full_weights(trainer.state.model)
         if trainer.strategy.is_main:
             save_file(weights, str(out / f"{name}.safetensors"))
