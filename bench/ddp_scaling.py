@@ -138,7 +138,11 @@ def worker(args: argparse.Namespace) -> None:
         if i == 0:
             results["meta"] = {
                 "params": numel,
-                "buffers": sum(b.numel() for b in model.buffers()),
+                # what DDP broadcasts before each forward: persistent buffers only (bigtrain
+                # skips derived ones such as the GPT's rotary tables)
+                "buffers": sum(
+                    b.numel() for n, b in model.named_buffers() if n in model.state_dict()
+                ),
                 "batch_size": cfg.data.batch_size,
                 "tokens_per_step": cfg.data.batch_size * built.extras["block_size"]
                 if "block_size" in built.extras
@@ -303,8 +307,8 @@ def report(args, model: str, runs: list[dict]) -> None:
         f"[{spread(bare, '.2f')}]"
     )
     print(
-        f"- bare all_reduce of 1 value (latency; every DDP step also does one to agree on "
-        f"stopping, in both DDP cases): {statistics.median(latency):.3f} ms "
+        f"- bare all_reduce of 1 value (latency; every DDP step also does two, in both DDP "
+        f"cases: agreeing on a stop and on a non-finite loss): {statistics.median(latency):.3f} ms "
         f"[{spread(latency, '.3f')}]"
     )
     if meta["buffers"]:

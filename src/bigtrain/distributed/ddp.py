@@ -117,6 +117,11 @@ class DDPStrategy(DataParallel):
 
     def setup(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
+        # DDP broadcasts rank 0's buffers before every forward; the non-persistent ones (the
+        # GPT's rotary tables) are recomputed identically by every process: skip them
+        saved = model.state_dict().keys()
+        derived = [name for name, _ in model.named_buffers() if name not in saved]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, derived)
         self._ddp = DistributedDataParallel(
             model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
