@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from bigtrain.core.checkpoint import load_checkpoint, save_checkpoint, weights_copy
+from bigtrain.core.checkpoint import weights_copy
 from bigtrain.core.steps import split_batch
 from bigtrain.core.strategy import SingleDevice
 from bigtrain.distributed.process_group import init_process_group, process_info
@@ -144,19 +144,12 @@ class DDPStrategy(DataParallel):
         optimizer: torch.optim.Optimizer,
         state: dict[str, Any],
     ) -> Path:
-        # every process holds the same weights and optimizer state: the main one writes them
+        # every process holds the same weights and optimizer state: the main one writes them,
+        # all of them read them back (the inherited load_checkpoint)
         if self.is_main:
-            full = {**state, "optimizer": optimizer.state_dict()}
-            save_checkpoint(path, self.unwrap(model), full)
+            super().save_checkpoint(path, model, optimizer, state)
         self.barrier()
         return Path(path)
-
-    def load_checkpoint(
-        self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
-    ) -> dict[str, Any]:
-        saved = load_checkpoint(path, self.unwrap(model))  # every process reads the same files
-        optimizer.load_state_dict(saved.pop("optimizer"))
-        return saved
 
     def full_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return weights_copy(self.unwrap(model)) if self.is_main else {}

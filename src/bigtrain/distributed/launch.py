@@ -50,7 +50,6 @@ class LaunchPlan:
             *self.worker_args,
         ]  # fmt: skip
 
-
     def _host_conf(self) -> list[str]:
         # (torchrun itself ignores --node-rank with c10d: ranks come from the rendezvous)
         # node 0 hosts the rendezvous store, the others only connect: left to torchrun, every
@@ -98,17 +97,8 @@ def _is_local(host: str) -> bool:
         return False
 
 
-def plan_launch(
-    nproc_per_node: int,
-    nnodes: int,
-    node_rank: int,
-    rdzv_endpoint: str | None,
-    max_restarts: int,
-    command: list[str],
-    rdzv_id: str = "bigtrain",
-    monitor_interval: float = 1.0,
-) -> LaunchPlan:
-    """Check the job and the worker's ``train`` command line; ConfigError on bad input."""
+def check_job(nproc_per_node: int, nnodes: int, node_rank: int, max_restarts: int) -> None:
+    """ConfigError naming the first launch option out of range."""
     if nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be at least 1, got {nproc_per_node}")
     if nnodes < 1:
@@ -117,21 +107,21 @@ def plan_launch(
         raise ConfigError(f"--node-rank must be in [0, {nnodes - 1}], got {node_rank}")
     if max_restarts < 0:
         raise ConfigError(f"--max-restarts must be 0 or more, got {max_restarts}")
-    if not command or command[0] != "train":
-        shown = command[0] if command else "nothing"
-        raise ConfigError(f"bigtrain launch runs `train RECIPE ...`, got {shown!r}")
-    args = _check_train_command(command, nproc_per_node * nnodes)
-    worker_args = list(command)
-    if args.run_dir is None:
-        if nnodes > 1:
-            raise ConfigError(
-                "a multi-node run needs --run-dir on a folder every node shares (checkpoints "
-                "are read back by all of them)"
-            )
-        from bigtrain.run import default_run_dir
 
-        # fixed now, so that a group restarted by torchrun resumes from the same folder
-        worker_args += ["--run-dir", str(default_run_dir(args.recipe_name))]
+
+def plan_launch(
+    nproc_per_node: int,
+    nnodes: int,
+    node_rank: int,
+    rdzv_endpoint: str | None,
+    max_restarts: int,
+    worker_args: list[str],
+    rdzv_id: str = "bigtrain",
+    monitor_interval: float = 1.0,
+) -> LaunchPlan:
+    """Check the job (the worker's ``train`` arguments are checked by the CLI, which also
+    names the run folder); ConfigError on bad input."""
+    check_job(nproc_per_node, nnodes, node_rank, max_restarts)
     if rdzv_endpoint is None:
         if nnodes > 1:
             raise ConfigError("a multi-node run needs --rdzv-endpoint HOST:PORT (node 0's address)")
@@ -141,44 +131,7 @@ def plan_launch(
         if node_rank == 0 and _is_local(host):
             check_port_free(host, port)
     return LaunchPlan(nproc_per_node, nnodes, node_rank, rdzv_endpoint, rdzv_id, max_restarts,
-                      monitor_interval, worker_args)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class _TrainArgs:
-    run_dir: str | None
-    recipe_name: str
-
-
-def _check_train_command(command: list[str], world_size: int) -> _TrainArgs:
-    """Parse and validate the worker's ``train`` arguments as every worker will."""
-    from bigtrain.cli.main import build_parser
-    from bigtrain.cli.train_cmd import _split_overrides
-    from bigtrain.config import load_recipe
-
-    args, extra = build_parser().parse_known_args(command)
-    overrides = [*args.overrides, *extra]
-    bad = [e for e in extra if "=" not in e or e.startswith("-")]
-    if bad:
-        raise ConfigError(f"unrecognized arguments for train: {' '.join(bad)}")
-    recipe, overrides = _split_overrides(args.recipe, overrides, args.resume)
-    if recipe is None:  # --resume with the folder's own recipe: the workers read it
-        if args.run_dir is None:
-            raise ConfigError("train --resume needs --run-dir")
-        return _TrainArgs(args.run_dir, "run")
-    cfg = load_recipe(recipe, overrides)
-    if cfg.distributed.strategy == "single" and world_size > 1:
-        raise ConfigError(
-            f"distributed.strategy is 'single' but the launch starts {world_size} processes; "
-            "use ddp or fsdp (or auto)"
-        )
-    if world_size > 1 and isinstance(cfg.data.batch_size, int) and cfg.data.batch_size % world_size:
-        b = cfg.data.batch_size
-        raise ConfigError(
-            f"data.batch_size {b} is not a multiple of the {world_size} processes; use a "
-            f"multiple of {world_size} (the batch size is the global batch, split across processes)"
-        )
-    return _TrainArgs(args.run_dir, cfg.name)
+                      monitor_interval, list(worker_args))  # fmt: skip
 
 
 def launch(plan: LaunchPlan) -> int:
