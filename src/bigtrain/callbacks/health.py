@@ -45,7 +45,8 @@ class HealthCheck(Callback):
         self.messages: list[str] = []
 
     def on_setup(self, state: TrainState) -> None:
-        self.named = [(n, p) for n, p in state.model.named_parameters() if p.requires_grad]
+        model = state.trainer.strategy.unwrap(state.model)  # names without "module."
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     def on_after_backward(self, state: TrainState) -> None:
         loss = state.loss.item()  # ~0.2 us on CPU; torch.isfinite would launch a kernel
