@@ -294,3 +294,26 @@ def test_a_recipe_error_is_printed_by_worker_0_only_and_others_by_each(
     assert error_lines(capsys.readouterr().err) == [
         f"error: rank {rank}: /nonexistent/run is not a bigtrain run folder (no config.yaml)"
     ]
+
+
+def test_a_lost_peer_is_one_line_naming_the_timeout(monkeypatch, capsys):
+    """What a worker prints when a collective fails (a peer died, or stopped answering for
+    distributed.timeout_s): gloo raises DistError or a RuntimeError naming itself."""
+    import bigtrain.cli.train_cmd as train_cmd
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    failures = [
+        torch.distributed.DistBackendError("Timed out waiting 600000ms for recv\nmore lines"),
+        RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"),
+    ]
+    for failure in failures:
+
+        def fail(args, failure=failure):
+            raise failure
+
+        monkeypatch.setattr(train_cmd, "run_train", fail)
+        assert main(["train", "digits-mlp"]) == 2
+        lines = error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and lines[0].startswith("error: rank 1: lost contact with the other")
+        assert "distributed.timeout_s" in lines[0]
