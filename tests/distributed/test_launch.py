@@ -105,7 +105,10 @@ def test_a_killed_worker_restarts_the_group_and_the_run_ends_as_if_uninterrupted
     two_node_run, tmp_path
 ):
     run_dir = tmp_path / "run"
-    p = bigtrain("launch", "--nproc-per-node", "2", "--max-restarts", "1", "train", *RECIPE,
+    # one worker is killed once; a second restart is allowed because a restarted gloo group
+    # has been seen, rarely, to abort at start-up ("terminate called without an active
+    # exception", in torch): the run must still end as if uninterrupted
+    p = bigtrain("launch", "--nproc-per-node", "2", "--max-restarts", "2", "train", *RECIPE,
                  "--run-dir", str(run_dir))  # fmt: skip
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     while not (run_dir / "checkpoints" / "step-0000100").is_dir():

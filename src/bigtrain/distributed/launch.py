@@ -153,7 +153,7 @@ def launch(plan: LaunchPlan) -> int:
         codes = sorted({f.exitcode for f in e.failures.values()})
         if 2 in codes:  # a worker printed a bigtrain error line already
             return 2
-        rank, failure = min(e.failures.items())
+        rank, failure = e.get_first_failure()  # the root cause; the others were stopped
         raise LaunchError(
             f"worker rank {rank} failed with exit code {failure.exitcode}"
             f"{' (' + failure.signal_name() + ')' if failure.exitcode < 0 else ''}; its output "
