@@ -36,13 +36,14 @@ import gc
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bigtrain.distributed.launch import free_port
 
 #: recipe -> (label, warm-up steps, timed steps, quick warm-up, quick timed)
 MODELS = {
@@ -178,12 +179,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- orchestrator
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(args, model: str, cases: list[str], world: int, tmp: Path) -> dict:
     """Run ``cases`` in ``world`` worker processes; their results, or exit with their output."""
     warmup, steps = args.plan[model]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from bigtrain.cli.main import main
 from bigtrain.core.callback import Callback, CallbackList
+from bigtrain.distributed.launch import free_port
 from bigtrain.run import build_run
 
 LAUNCH_TIMEOUT_S = 180
@@ -55,12 +56,6 @@ def finish(p: subprocess.Popen, timeout: float = LAUNCH_TIMEOUT_S) -> tuple[int,
         out, err = p.communicate()
         pytest.fail(f"timed out after {timeout} s:\n{err[-3000:]}")
     return p.returncode, out, err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def final_weights(run_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:

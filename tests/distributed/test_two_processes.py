@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +23,10 @@ from bigtrain.config import load_recipe
 from bigtrain.core.checkpoint import load_weights
 from bigtrain.distributed import destroy_process_group
 from bigtrain.distributed.consolidate import consolidate
+from bigtrain.distributed.launch import free_port
 from bigtrain.errors import CheckpointError
 
 WORKER_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_workers(out: Path, cache_dir: Path, world_size: int = 2) -> None:
