@@ -1,4 +1,4 @@
-"""The Python examples of the engine page run as written (docs that cannot silently rot)."""
+"""The Python examples of the docs pages below run as written (docs that cannot silently rot)."""
 
 import re
 from pathlib import Path
@@ -6,10 +6,15 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-BLOCKS = re.findall(r"```python\n(.*?)```", (DOCS / "engine.md").read_text(), re.S)
+PAGES = ["engine.md", "planning.md"]
+BLOCKS = [
+    (page, i, block)
+    for page in PAGES
+    for i, block in enumerate(re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.S))
+]
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_engine_page_example_runs(index, tmp_path, monkeypatch):
+@pytest.mark.parametrize("page,index,block", BLOCKS, ids=[f"{p}-{i}" for p, i, _ in BLOCKS])
+def test_docs_page_example_runs(page, index, block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write files write them here
-    exec(compile(BLOCKS[index], f"docs/engine.md block {index}", "exec"), {})
+    exec(compile(block, f"docs/{page} block {index}", "exec"), {})

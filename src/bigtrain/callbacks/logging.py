@@ -127,6 +127,10 @@ class MetricsLogger(Callback):
             state.mfu = record["mfu"]
         if state.grad_norm is not None:
             record["grad_norm"] = float(state.grad_norm)
+        if state.noise_scale is not None:  # written by DynamicBatch
+            record["noise_scale"] = state.noise_scale
+        if state.batch_size is not None:
+            record["batch_size"] = state.batch_size
         for k, v in (state.output.extras if state.output else {}).items():
             record[k] = float(v)
         state.throughput = rate

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "report_cmd",
     "launch_cmd",
     "consolidate_cmd",
+    "plan_cmd",
 ]
 
 

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from bigtrain.callbacks.noise_scale import DynamicBatchConfig
 from bigtrain.data.config import DataConfig
 from bigtrain.data.text_config import TEXT_DATA_NAMES, TextDataConfig
 from bigtrain.optim.config import (
@@ -148,6 +149,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     batch_size_schedule: BatchSizeScheduleConfig | None = None
+    dynamic_batch: DynamicBatchConfig | None = None  # batch grown from the gradient noise scale
     regularization: RegularizationConfig = RegularizationConfig()
     trainer: TrainerConfig
     distributed: DistributedConfig = DistributedConfig()

@@ -68,6 +68,8 @@ class TrainState:
     train_loss: float | None = None  # mean train loss of the last logging window (MetricsLogger)
     throughput: float | None = None  # examples or tokens per second of that window
     mfu: float | None = None  # model FLOPs utilisation of that window
+    noise_scale: float | None = None  # gradient noise scale B_simple, EMA'd (DynamicBatch)
+    batch_size: int | None = None  # global batch of this step, when a callback varies it
     wall_time_s: float = 0.0  # training time so far, resumed parts included
     run_dir: Path | None = None
     last_checkpoint: Path | None = None

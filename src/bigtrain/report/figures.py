@@ -194,6 +194,26 @@ def throughput_figure(records: Sequence[dict]) -> Figure | None:
     return fig
 
 
+def noise_scale_figure(records: Sequence[dict]) -> Figure | None:
+    """The gradient noise scale ``B_simple`` and the global batch size against the step, both in
+    examples (a dynamic-batch run logs them in its train records)."""
+    noise = series(records, "train", "noise_scale")
+    batch = series(records, "train", "batch_size")
+    if not noise[0]:
+        return None
+    fig, axes = _new(height=3.4)
+    ax = axes[0, 0]
+    _line(ax, *noise, color=TRAIN_COLOR, label="noise scale B_simple (EMA)")
+    if batch[0]:
+        # the batch changes between steps and holds until the next change: a staircase
+        ax.step(*batch, where="post", color=VAL_COLOR, label="global batch size")
+    _log_if_wide(ax, [v for v in noise[1] + batch[1] if v > 0])
+    ax.set(xlabel="step", ylabel="examples", title="Gradient noise scale and batch size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
 def confusion_matrix_figure(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str] | None = None
 ) -> Figure:

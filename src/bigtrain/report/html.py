@@ -193,7 +193,11 @@ def summary_rows(run: RunData) -> list[tuple[str, Any]]:
     if isinstance(best, dict) and "value" in best:
         where = f" at step {best['step']}" if "step" in best else ""
         rows.append((f"Best {best.get('metric', 'metric')}", f"{fmt(best['value'])}{where}"))
-    for label, kind, key in (("Final train loss", "train", "loss"), ("Final LR", "train", "lr")):
+    for label, kind, key in (
+        ("Final train loss", "train", "loss"),
+        ("Final LR", "train", "lr"),
+        ("Final batch size", "train", "batch_size"),
+    ):
         value = _last(run.records, kind, key)
         if value is not None:
             rows.append((label, value))
@@ -289,6 +293,8 @@ def render_html(run: RunData) -> str:
          lambda: figures.grad_norm_figure(run.records)),
         ("throughput", "Throughput against the optimizer step",
          lambda: figures.throughput_figure(run.records)),
+        ("noise-scale", "Gradient noise scale and the global batch size (dynamic batch)",
+         lambda: figures.noise_scale_figure(run.records)),
     ]  # fmt: skip
     rendered = []
     for fig_id, caption, make in makers:
