@@ -6,8 +6,9 @@ For each case (digits MLP, digits CNN, three GPT sizes on Shakespeare characters
 - memory: the plan's peak per device vs the measured peak of live tensor bytes over 3 real
   training steps (torch profiler allocation events, `bigtrain.plan.measure`) plus the weights
   and buffers already resident;
-- time: the plan calibrated with a few real steps (`bigtrain plan --calibrate`: 3 warm-up +
-  8 timed steps) predicts the whole run; the run is then trained for real (`Trainer.fit`, its
+- time: the plan calibrated with a few seconds of real steps and one evaluation
+  (`bigtrain plan --calibrate`: 5 warm-up steps, then at least 10 steps and 2 s) predicts the
+  whole run; the run is then trained for real (`Trainer.fit`, its
   evaluations included) and timed. The uncalibrated CPU default (MFU 0.3) is shown too.
 Run it on a quiet machine: nothing else may share the cores.
 """
@@ -77,9 +78,12 @@ def main() -> None:
         settings = Settings(hw, precision=described.precision, optimizer=cfg.optim.name,
                             momentum=cfg.optim.momentum)  # fmt: skip
         default = make_plan(described, settings)
-        seconds = calibrate(cfg)
-        mfu = calibrated_mfu(default.flops_per_step, seconds, hw.peak(described.precision))
-        calibrated = make_plan(described, dataclasses.replace(settings, mfu=mfu))
+        measured = calibrate(cfg)
+        mfu = calibrated_mfu(default.flops_per_step, measured.step_seconds,
+                             hw.peak(described.precision))  # fmt: skip
+        calibrated = make_plan(
+            described, dataclasses.replace(settings, mfu=mfu, eval_seconds=measured.eval_seconds)
+        )
         memory = measure_memory(cfg)
         run_s = measure_run(cfg)
         rows.append((label, default.total_parameters, calibrated.memory.total, memory,

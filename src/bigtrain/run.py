@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from bigtrain._io import (
     json_safe,
     remove_stale_temporaries,
 )
-from bigtrain.build import Components, build, make_strategy
+from bigtrain.build import BuildWrapper, Components, build, make_strategy
 from bigtrain.callbacks.checkpointing import best_weights, read_pointer
 from bigtrain.config import RunConfig, dump_config, load_recipe
 from bigtrain.core.checkpoint import verify_checkpoint
@@ -204,6 +205,7 @@ class Run:
         components: Components,
         resume: bool,
         lock: RunLock | None = None,
+        report: bool = True,
     ):
         self.config, self.run_dir, self.components, self.resume = (
             config,
@@ -212,6 +214,7 @@ class Run:
             resume,
         )
         self.lock = lock
+        self.report = report  # write report.html at the end (seconds: sweeps of many runs skip it)
 
     @property
     def trainer(self):
@@ -315,6 +318,8 @@ class Run:
             summary["notes"] = notes
         summary = json_safe(summary)
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if not self.report:
+            return summary
         try:
             from bigtrain.report import write_report
 
@@ -342,10 +347,14 @@ def build_run(
     run_dir: str | Path | None = None,
     resume: bool = False,
     quiet: bool = False,
+    extra_wrappers: Sequence[BuildWrapper] = (),
+    report: bool = True,
 ) -> Run:
     """Load (if needed) and build a recipe into a Run whose folder is locked, checked and ready.
 
-    With ``resume`` and no recipe, the run folder's own resolved config is used. Under torchrun
+    With ``resume`` and no recipe, the run folder's own resolved config is used.
+    ``extra_wrappers`` add features at the build seams (e.g. a tuner's pruning callback);
+    ``report=False`` skips report.html (a study or sweep of many runs). Under torchrun
     every process calls this: the main one names, locks and checks the folder and tells the
     others (a failure there becomes PeerError on them).
     """
@@ -380,7 +389,9 @@ def build_run(
         raise PeerError(f"process 0 could not use the run folder: {outcome[1]}")
     continues = outcome[1]
     try:
-        components = build(cfg, run_dir, quiet=quiet or not main, strategy=strategy)
+        components = build(
+            cfg, run_dir, quiet=quiet or not main, extra_wrappers=extra_wrappers, strategy=strategy
+        )
         if main:
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     except BaseException as e:
@@ -391,7 +402,7 @@ def build_run(
         if isinstance(e, OSError):
             raise CheckpointError(f"cannot write to {run_dir}: {describe_os_error(e)}") from None
         raise
-    return Run(cfg, run_dir, components, continues, lock)
+    return Run(cfg, run_dir, components, continues, lock, report)
 
 
 def _claim_folder(

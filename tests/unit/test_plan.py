@@ -287,3 +287,13 @@ def test_transformer_layer_activations_match_korthikanti_et_al():
     s, b, h, a = 256, out.micro_batch, 128, 4
     per_layer = [c.saved_bytes / (s * b * h) for c in out.trace.blocks]
     assert per_layer == [pytest.approx(32 + (4 * a + 16) / h, abs=1e-3)] * 2  # + RNG scalars
+
+
+def test_calibrate_measures_the_recipes_own_steps(capsys):
+    from bigtrain.build.describe import calibrate
+
+    cfg = load_recipe("tiny/digits-mlp")
+    measured = calibrate(cfg, seconds=0.2, warmup=2, min_steps=5)
+    assert measured.steps_timed >= 5 and measured.step_seconds > 0 and measured.eval_seconds > 0
+    out = _plan_json(capsys, "tiny/digits-mlp", "--calibrate")
+    assert out["mfu_source"].startswith("measured") and 0 < out["mfu"] < 1

@@ -30,6 +30,8 @@ from bigtrain.build.text import (
     prepared_folder,
 )
 from bigtrain.config.schema import RunConfig
+from bigtrain.core.callback import Callback, CallbackList
+from bigtrain.core.state import TrainState
 from bigtrain.core.task import Task
 from bigtrain.data.config import DataConfig
 from bigtrain.data.describe import DataShape, describe_table
@@ -200,28 +202,54 @@ def _describe_genre(cfg: RunConfig, common: dict[str, Any]) -> DescribedRun:
     )  # fmt: skip
 
 
-def calibrate(cfg: RunConfig, steps: int = 8, warmup: int = 3) -> float:
-    """Median seconds per optimizer step of the real run on this machine (data loading
-    included), from ``warmup + steps`` steps of a throwaway build (no run folder)."""
+@dataclass(frozen=True)
+class Calibration:
+    """Measured on this machine: seconds per optimizer step and per evaluation."""
+
+    step_seconds: float
+    eval_seconds: float
+    steps_timed: int
+
+
+class _StepClock(Callback):
+    """Times steps of the real loop and stops it once enough were timed."""
+
+    def __init__(self, warmup: int, min_steps: int, seconds: float) -> None:
+        self.warmup, self.min_steps, self.seconds = warmup, min_steps, seconds
+        self.times: list[float] = []
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.times.append(time.perf_counter())
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.times.append(time.perf_counter())
+        timed = len(self.times) - 1 - self.warmup
+        if timed >= self.min_steps and self.times[-1] - self.times[self.warmup] >= self.seconds:
+            state.should_stop = True
+
+
+def calibrate(
+    cfg: RunConfig, seconds: float = 2.0, warmup: int = 5, min_steps: int = 10
+) -> Calibration:
+    """Time the real run on this machine: its own loop, data and callbacks, on a throwaway
+    build (no run folder), for ``warmup`` steps and then at least ``min_steps`` steps and
+    ``seconds``; then one evaluation, warm. The step time is the median step."""
     from bigtrain.build import build
-    from bigtrain.core.events import Event
 
     built = build(cfg, run_dir=None, quiet=True)
     trainer = built.trainer
-    state, strategy = trainer.state, trainer.strategy
-    trainer.callbacks.fire(Event.SETUP, state)  # callbacks that inspect gradients need it
-    state.model.train()
-    batches = iter(state.train_data)
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        batch = next(batches, None)
-        if batch is None:  # the epoch ended: the loop would start the next one
-            batches = iter(state.train_data)
-            batch = next(batches)
-        trainer.train_step(strategy.to_device(batch))
-        if strategy.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    state = trainer.state
+    clock = _StepClock(warmup, min_steps, seconds)
+    trainer.callbacks = CallbackList({**trainer.callbacks.named, "clock": clock})
+    trainer.step_limit, trainer.epoch_limit = 10**9, None  # the clock decides when to stop
+    val, state.val_data = state.val_data, None  # evaluations are timed on their own
+    trainer.fit()
+    steps = [b - a for a, b in zip(clock.times[warmup:], clock.times[warmup + 1 :])]
+    eval_seconds = 0.0
+    if val is not None:
+        state.val_data = val
+        for _ in range(2):  # the first evaluation builds its metric objects
+            start = time.perf_counter()
+            trainer.run_evaluation()
+            eval_seconds = time.perf_counter() - start
+    return Calibration(statistics.median(steps), eval_seconds, len(steps))

@@ -20,6 +20,11 @@ COMMAND_MODULES = [
     "launch_cmd",
     "consolidate_cmd",
     "plan_cmd",
+    "scaling_cmd",
+    "sweep_cmd",
+    "tune_cmd",
+    "lr_find_cmd",
+    "batch_size_find_cmd",
 ]
 
 

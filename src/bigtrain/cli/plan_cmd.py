@@ -138,12 +138,14 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args, described)
     plan = make_plan(described, settings)
     if args.calibrate:
-        seconds = calibrate(cfg)
-        mfu = calibrated_mfu(
-            plan.flops_per_step, seconds, settings.hardware.peak(settings.precision)
-        )
+        measured = calibrate(cfg)
+        seconds = measured.step_seconds
+        peak = settings.hardware.peak(settings.precision)
         settings = dataclasses.replace(
-            settings, mfu=mfu, mfu_source=f"measured ({seconds * 1e3:.2f} ms/step)"
+            settings,
+            mfu=calibrated_mfu(plan.flops_per_step, seconds, peak),
+            mfu_source=f"measured: {seconds * 1e3:.3g} ms/step, median of {measured.steps_timed}",
+            eval_seconds=measured.eval_seconds,
         )
         plan = make_plan(described, settings)
     if args.json:

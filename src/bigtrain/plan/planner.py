@@ -69,6 +69,7 @@ class Settings:
     momentum: float | None = None
     mfu: float | None = None  # None: the hardware's default
     mfu_source: str = "default"
+    eval_seconds: float | None = None  # one evaluation, measured (--calibrate); else from FLOPs
     price_per_hour: float | None = None  # per device
     budget_flops: float | None = None
     budget_hours: float | None = None
@@ -246,6 +247,8 @@ def make_plan(
     per_example_forward = trace.forward_flops / micro
     eval_flops = subject.evaluations * subject.eval_examples * per_example_forward
     eval_seconds = eval_flops / devices / (peak * mfu)
+    if s.eval_seconds is not None:
+        eval_seconds = subject.evaluations * s.eval_seconds
     run_seconds = subject.steps * timing.seconds + eval_seconds
     units = subject.batch_size * subject.tokens_per_example
     unit = "tokens" if subject.is_language_model else "examples"
