@@ -242,3 +242,16 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     return value
+
+
+def meminfo(field: str) -> int | None:
+    """A ``/proc/meminfo`` figure in bytes (``"MemAvailable"``, ``"MemTotal"``), or None where
+    the file does not exist (not Linux) or lacks the field."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -163,6 +163,7 @@ def torchrun_workers(*args: str) -> list[subprocess.Popen]:
     ]
 
 
+@pytest.mark.slow  # 35 s; the 2 -> 1 sharded resume is also in test_two_processes.py
 def test_a_run_changes_world_size_on_resume_and_continues_its_schedule(tmp_path):
     """One 300-step run (one cosine schedule): 2 processes until they die after step 100, 1
     process until it crashes after step 200, then 2 processes again to the end. It takes the

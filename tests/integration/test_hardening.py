@@ -234,7 +234,7 @@ def test_absurd_model_is_refused_before_it_is_allocated(capsys, tmp_path, monkey
         return real_build(*args, **kwargs)
 
     monkeypatch.setattr(common, "build_model", spy)
-    monkeypatch.setattr(common, "_available_memory", lambda: 4 * 2**30)  # any machine's RAM
+    monkeypatch.setattr(common, "meminfo", lambda field: 4 * 2**30)  # any machine's RAM
     argv = ["train", "tiny/iris-mlp", "model.hidden=[100000000]", "--run-dir", tmp_path / "r"]
     err = one_line_error(capsys, *argv)
     assert re.search(r"\d{3},\d{3},\d{3} parameters", err), err

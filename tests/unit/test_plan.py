@@ -26,9 +26,16 @@ from bigtrain.plan.memory import OPTIMIZER_STATES, optimizer_state_bytes, plan_m
 from bigtrain.plan.planner import Settings, make_plan, non_embedding_parameters
 
 TABULAR = [r for r in recipe_names() if not r.startswith(("shakespeare", "fashion"))]
+# one recipe per model family and feature in the default suite, every recipe under -m slow
+CORE = {"digits-mlp", "digits-cnn", "linear-regression-gd", "shakespeare-char", "shakespeare-moe",
+        "shakespeare-shared", "shakespeare-lstm", "shakespeare-genre"}  # fmt: skip
+ALL_RECIPES = [
+    r if r in CORE else pytest.param(r, marks=pytest.mark.slow)
+    for r in recipe_names(include_tiny=False)
+]
 
 
-@pytest.mark.parametrize("recipe", recipe_names(include_tiny=False))
+@pytest.mark.parametrize("recipe", ALL_RECIPES)
 def test_parameter_counts_equal_the_built_model(recipe):
     cfg = load_recipe(recipe)
     if cfg.data.name in ("shakespeare", "shakespeare_genre", "fashion_mnist"):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bigtrain._io import meminfo
 from bigtrain.callbacks import (
     Checkpointer,
     DynamicBatch,
@@ -129,17 +130,6 @@ def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> li
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 @contextlib.contextmanager
 def on_meta_device() -> Iterator[None]:
     """Build modules on the meta device (shapes only, no memory), skipping ``nn.init``.
@@ -178,7 +168,7 @@ def make_model(
         shape_only = build_model(name, params, input_shape, num_outputs)
     n = sum(p.numel() for p in shape_only.parameters())
     # weights + gradients + two Adam moments, in fp32: a floor on what training needs
-    needed, available = 16 * n, _available_memory()
+    needed, available = 16 * n, meminfo("MemAvailable")
     if available is not None and needed > available:
         raise ConfigError(
             f"model '{name}' would have {n:,} parameters ({4 * n / 2**30:.1f} GiB of weights, "

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bigtrain._io import atomic_write_text
+from bigtrain._io import atomic_write_text, meminfo
 from bigtrain.errors import ConfigError, did_you_mean
 
 CACHE = Path("~/.cache/bigtrain/peak_flops.json").expanduser()
@@ -167,14 +167,7 @@ def cpu_hardware(precision: str = "fp32") -> Hardware:
     """This machine's CPU: the measured matmul peak and its total memory."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     peak = measured_peak_flops(dtype, "cpu")
-    memory = 0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    memory = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    memory = meminfo("MemTotal") or 0
     return Hardware(
         name="cpu",
         description=f"this machine's CPU ({torch.get_num_threads()} threads)",

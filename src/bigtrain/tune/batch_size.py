@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from bigtrain._io import meminfo
 from bigtrain.build import build
 from bigtrain.config import RunConfig
 from bigtrain.config.loader import validate
@@ -57,13 +58,9 @@ def free_memory(device: torch.device) -> int:
     memory (CUDA)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = meminfo("MemAvailable")
+    if available is not None:
+        return available
     raise ConfigError("cannot read the available memory (/proc/meminfo); pass --memory-limit")
 
 
