@@ -29,25 +29,6 @@ CASES = [
 GPT_STEPS = "trainer.max_steps=300"
 
 
-def measure_memory(cfg) -> int:
-    from bigtrain.build import build
-    from bigtrain.core.events import Event
-    from bigtrain.plan.measure import peak_tensor_memory
-
-    built = build(cfg, run_dir=None, quiet=True)
-    trainer = built.trainer
-    trainer.callbacks.fire(Event.SETUP, trainer.state)
-    batches = iter(trainer.state.train_data)
-
-    def steps():
-        for _ in range(3):
-            trainer.train_step(trainer.strategy.to_device(next(batches)))
-
-    model = trainer.state.model
-    resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    return peak_tensor_memory(steps) + resident
-
-
 def measure_run(cfg) -> float:
     from bigtrain.build import build
 
@@ -61,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
     args = parser.parse_args()
-    from bigtrain.build.describe import calibrate, describe_run
+    from bigtrain.build.describe import calibrate, describe_run, measure_training_peak
     from bigtrain.config import load_recipe
     from bigtrain.plan.hardware import get_hardware
     from bigtrain.plan.planner import Settings, make_plan
@@ -82,9 +63,11 @@ def main() -> None:
         mfu = calibrated_mfu(default.flops_per_step, measured.step_seconds,
                              hw.peak(described.precision))  # fmt: skip
         calibrated = make_plan(
-            described, dataclasses.replace(settings, mfu=mfu, eval_seconds=measured.eval_seconds)
+            described,
+            dataclasses.replace(settings, mfu=mfu, eval_seconds=measured.eval_seconds),
+            trace=default.trace,
         )
-        memory = measure_memory(cfg)
+        memory = measure_training_peak(cfg)
         run_s = measure_run(cfg)
         rows.append((label, default.total_parameters, calibrated.memory.total, memory,
                      mfu, default.run_seconds, calibrated.run_seconds, run_s, described.steps))  # fmt: skip

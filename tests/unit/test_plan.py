@@ -21,7 +21,6 @@ from bigtrain.models.gpt import GPT, GPTConfig
 from bigtrain.plan import chinchilla
 from bigtrain.plan.counting import parameter_counts, trace_step
 from bigtrain.plan.hardware import get_hardware
-from bigtrain.plan.measure import peak_tensor_memory
 from bigtrain.plan.memory import OPTIMIZER_STATES, optimizer_state_bytes, plan_memory
 from bigtrain.plan.planner import Settings, make_plan, non_embedding_parameters
 
@@ -158,34 +157,16 @@ def test_optimizer_state_bytes_equal_what_torch_allocates(name, kwargs):
     assert optimizer_state_bytes(name, shapes, kwargs.get("momentum")) == _one_step_state_bytes(opt)
 
 
-def _measured_training_peak(cfg) -> tuple[int, int]:
-    """(measured peak tensor bytes of 3 real steps incl. the weights, planned total)."""
-    from bigtrain.build import build
-    from bigtrain.core.events import Event
-
-    planned = describe_run(cfg)
-    plan = make_plan(planned, Settings(get_hardware("cpu"), optimizer=cfg.optim.name))
-    built = build(cfg, run_dir=None, quiet=True)
-    trainer = built.trainer
-    trainer.callbacks.fire(Event.SETUP, trainer.state)
-    batches = iter(trainer.state.train_data)
-
-    def steps():
-        for _ in range(3):
-            trainer.train_step(next(batches))
-
-    model = trainer.state.model
-    resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    return peak_tensor_memory(steps) + resident, plan.memory.total
-
-
 @pytest.mark.parametrize(
     "recipe,overrides",
     [("digits-cnn", []), ("shakespeare-char", ["data.max_chars=20000", "model.n_layer=2"])],
 )
 def test_predicted_peak_memory_is_within_15_percent_of_measured(recipe, overrides):
-    measured, predicted = _measured_training_peak(load_recipe(recipe, overrides))
-    assert predicted == pytest.approx(measured, rel=0.15)
+    from bigtrain.build.describe import measure_training_peak
+
+    cfg = load_recipe(recipe, overrides)
+    plan = make_plan(describe_run(cfg), Settings(get_hardware("cpu"), optimizer=cfg.optim.name))
+    assert plan.memory.total == pytest.approx(measure_training_peak(cfg), rel=0.15)
 
 
 def test_mixed_precision_adam_is_16_bytes_per_parameter_and_zero3_divides_it():

@@ -253,3 +253,24 @@ def calibrate(
             trainer.run_evaluation()
             eval_seconds = time.perf_counter() - start
     return Calibration(statistics.median(steps), eval_seconds, len(steps))
+
+
+def measure_training_peak(cfg: RunConfig, steps: int = 3) -> int:
+    """Measured peak tensor bytes of training: the weights and buffers resident before the
+    first step plus the peak of what ``steps`` real steps allocate (``peak_tensor_memory``),
+    on a throwaway build. The ground truth the planned ``memory.total`` is checked against."""
+    from bigtrain.build import build
+    from bigtrain.core.events import Event
+    from bigtrain.plan.measure import peak_tensor_memory
+
+    trainer = build(cfg, run_dir=None, quiet=True).trainer
+    trainer.callbacks.fire(Event.SETUP, trainer.state)
+    batches = iter(trainer.state.train_data)
+
+    def run_steps() -> None:
+        for _ in range(steps):
+            trainer.train_step(trainer.strategy.to_device(next(batches)))
+
+    model = trainer.state.model
+    resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return peak_tensor_memory(run_steps, trainer.strategy.device) + resident

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             mfu_source=f"measured: {seconds * 1e3:.3g} ms/step, median of {measured.steps_timed}",
             eval_seconds=measured.eval_seconds,
         )
-        plan = make_plan(described, settings)
+        plan = make_plan(described, settings, trace=plan.trace)
     if args.json:
         from bigtrain.cli.plan_view import plan_json
 

@@ -109,19 +109,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def set_dotted(data: dict[str, Any], keys: list[str], value: Any, what: str) -> None:
+    """Set ``data[k1][k2]...[kn] = value`` in place, making missing sections; ConfigError
+    (naming ``what``) when a parent is a value, not a section."""
+    node = data
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{what}: '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{k}' is a value, not a section")
-            node = child
-        node[keys[-1]] = value
+        set_dotted(out, keys, value, f"override '{text}'")
     return out
 
 

@@ -168,8 +168,13 @@ def make_plan(
     subject: PlanSubject,
     settings: Settings,
     trace_fn: Callable[..., StepTrace] = trace_step,
+    trace: StepTrace | None = None,
 ) -> Plan:
-    """Count, derive and price one run of ``subject`` under ``settings``."""
+    """Count, derive and price one run of ``subject`` under ``settings``.
+
+    ``trace`` reuses the trace of an earlier plan of the same subject, devices and precision
+    (a re-plan with a measured MFU need not trace again).
+    """
     s = settings
     model = subject.model
     if s.strategy not in STRATEGIES:
@@ -203,23 +208,18 @@ def make_plan(
         )
     local = subject.batch_size // devices
     micro = -(-local // subject.grad_accum)
-    traced, batch = model, subject.example_batch(micro)
-    if s.precision in ("bf16", "fp16"):
-        # autocast runs matmuls and most activations in the low precision: trace a low-precision
-        # copy (free on the meta device). Autocast keeps norms, softmax and the loss in fp32,
-        # so this slightly undercounts those.
-        low = torch.bfloat16 if s.precision == "bf16" else torch.float16
-        traced = copy.deepcopy(model).to(low)
-        batch = tree_map(lambda t: t.to(low) if t.is_floating_point() else t, batch)
-        blocks = _blocks_of(traced, model, blocks)
-    trace = trace_fn(traced, batch, subject.loss, micro, blocks)
-    blocks = subject.blocks()
+    if trace is None or trace.batch_size != micro:
+        trace = _trace(subject, s.precision, micro, blocks, trace_fn)
     flops_per_step = trace.flops * subject.batch_size / micro
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     shapes = [p.shape for p in model.parameters() if p.requires_grad]
     opt_bytes = optimizer_state_bytes(s.optimizer, shapes, s.momentum)
-    overhead = s.hardware.overhead_bytes
+    common = dict(
+        parameters=total, trainable=trainable, optimizer_bytes=opt_bytes, precision=s.precision,
+        matmul_weights=matmul_weight_elements(model), devices=devices,
+        largest_block_parameters=_largest_block(blocks), overhead=s.hardware.overhead_bytes,
+    )  # fmt: skip
     by_strategy: dict[str, dict[str, MemoryPlan]] = {}
     for name in STRATEGIES:
         if (name == "fsdp" and not blocks) or (name == "single" and devices > 1):
@@ -230,11 +230,8 @@ def make_plan(
             if label == "checkpointed" and not blocks:
                 continue
             by_strategy[name][label] = plan_memory(
-                parameters=total, trainable=trainable, optimizer_bytes=opt_bytes,
-                activation_bytes=activations, precision=s.precision,
-                matmul_weights=matmul_weight_elements(model), strategy=name, devices=devices,
-                largest_block_parameters=_largest_block(blocks), overhead=overhead,
-            )  # fmt: skip
+                activation_bytes=activations, strategy=name, **common
+            )
     memory = by_strategy[s.strategy]["checkpointed" if s.activation_checkpointing else "plain"]
     if s.activation_checkpointing:
         flops_per_step += trace.forward_flops * subject.batch_size / micro  # one more forward
@@ -271,6 +268,26 @@ def make_plan(
     if s.budget_flops is not None or s.budget_hours is not None:
         plan.budget = _budget(plan, subject, peak, mfu, devices)
     return plan
+
+
+def _trace(
+    subject: PlanSubject,
+    precision: str,
+    micro: int,
+    blocks: list[nn.Module] | None,
+    trace_fn: Callable[..., StepTrace],
+) -> StepTrace:
+    """Trace one micro-batch, in the compute precision."""
+    model, batch = subject.model, subject.example_batch(micro)
+    if precision in ("bf16", "fp16"):
+        # autocast runs matmuls and most activations in the low precision: trace a low-precision
+        # copy (free on the meta device). Autocast keeps norms, softmax and the loss in fp32,
+        # so this slightly undercounts those.
+        low = torch.bfloat16 if precision == "bf16" else torch.float16
+        copied = copy.deepcopy(model).to(low)
+        batch = tree_map(lambda t: t.to(low) if t.is_floating_point() else t, batch)
+        model, blocks = copied, _blocks_of(copied, model, blocks)
+    return trace_fn(model, batch, subject.loss, micro, blocks)
 
 
 def _budget(plan: Plan, subject: PlanSubject, peak: float, mfu: float, devices: int) -> Budget:

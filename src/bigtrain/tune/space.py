@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from bigtrain.config.loader import validate
+from bigtrain.config.loader import set_dotted, validate
 from bigtrain.errors import ConfigError, did_you_mean
 
 TYPES = ("float", "int", "categorical")
@@ -207,16 +207,7 @@ def set_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     unlike ``apply_overrides`` nothing is parsed from text)."""
     out = copy.deepcopy(data)
     for key, value in values.items():
-        node = out
-        *parents, last = key.split(".")
-        for k in parents:
-            child = node.get(k)
-            if child is None:
-                child = node[k] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"'{k}' of '{key}' is a value, not a section")
-            node = child
-        node[last] = copy.deepcopy(value)
+        set_dotted(out, key.split("."), copy.deepcopy(value), f"space key '{key}'")
     return out
 
 
