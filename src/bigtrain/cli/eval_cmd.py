@@ -28,8 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "columns it was trained on, normalised the same way).",
     )
     p.add_argument("run_dir")
-    p.add_argument("input", help="CSV, Parquet or NPZ (key x) file of inputs")
+    p.add_argument(
+        "input",
+        nargs="?",
+        help="CSV, Parquet or NPZ (key x) file of inputs; for a recommender, a CSV of "
+        "(user, item) pairs to score",
+    )
     p.add_argument("--out", help="write predictions as CSV here (default: stdout)")
+    p.add_argument("--user", help="recommender runs: recommend items for this user id")
+    p.add_argument("--top-k", type=int, default=10, help="recommender runs: how many items")
     p.set_defaults(func=run_predict)
 
 
@@ -145,6 +152,20 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.out:
         _check_out(Path(args.out))
     cfg = run_config(args.run_dir)
+    from bigtrain.data.ratings_config import RATINGS_DATA_NAMES
+
+    if cfg.data.name in RATINGS_DATA_NAMES:  # recommenders score users and items, not rows
+        from bigtrain.cli.recommend_view import run_recommend
+
+        return run_recommend(args, cfg)
+    if args.user is not None:
+        from bigtrain.errors import ConfigError
+
+        raise ConfigError(f"--user applies to recommender runs; {args.run_dir} is not one")
+    if args.input is None:
+        from bigtrain.errors import ConfigError
+
+        raise ConfigError("predict needs an input file of rows to predict for")
     _check_predictable(cfg, args.run_dir)
     existing_file(args.input, "input file")  # before the (slower) rebuild of the run
     built, _ = load_run(args.run_dir, cfg=cfg)

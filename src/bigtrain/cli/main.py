@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "tune_cmd",
     "lr_find_cmd",
     "batch_size_find_cmd",
+    "explain_cmd",
 ]
 
 

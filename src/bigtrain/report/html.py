@@ -318,6 +318,13 @@ def render_html(run: RunData) -> str:
         header = ("class", "support", "precision", "recall", "F1")
         parts.append(table(per_class_rows(cm, names), header, float_format=".3f"))
 
+    # sections of features that leave files in the run folder (each returns "" when absent);
+    # imported here because they build on this module's helpers
+    from . import explain, privacy, trust
+
+    for section in (trust.section, explain.section, privacy.section):
+        parts.append(section(run))
+
     parts.append('<h2 id="config">Config</h2>')
     if run.config_text is None:
         parts.append("<p>No config.yaml in the run folder.</p>")
