@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from bigtrain.config import recipe_names
+from bigtrain.data.ratings import DSLABS_FOLDERS, DSLABS_SETUP
 from bigtrain.run import build_run
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -19,6 +20,8 @@ def test_every_recipe_has_a_tiny_overlay():
 def test_tiny_overlay_trains_two_steps(name, tmp_path):
     if "fashion" in name and not FASHION.is_dir():
         pytest.skip("Fashion-MNIST IDX files absent (apt-get install dataset-fashion-mnist)")
+    if "movielens" in name and not any((f / "Rdata.rdb").is_file() for f in DSLABS_FOLDERS):
+        pytest.skip(f"MovieLens (dslabs) absent: {DSLABS_SETUP}")
     run = build_run(name, ["trainer.tensorboard=false"], run_dir=tmp_path / "run", quiet=True)
     summary = run.fit()
     assert summary["steps"] == 2 and summary["status"] == "completed"

@@ -25,6 +25,7 @@ from bigtrain.build.common import (
     seed_everything,
     strategy_name,
 )
+from bigtrain.build.recommender import build_recommender
 from bigtrain.build.tabular import build_tabular, build_task
 from bigtrain.build.text import (
     LANGUAGE_MODELS,
@@ -35,6 +36,7 @@ from bigtrain.build.text import (
 )
 from bigtrain.config.schema import RunConfig
 from bigtrain.core.strategy import Strategy
+from bigtrain.data.ratings_config import RatingsDataConfig
 from bigtrain.data.text_config import TextDataConfig
 from bigtrain.errors import ConfigError
 
@@ -45,11 +47,14 @@ BUILDERS: Registry[Builder] = Registry("data kind")
 BUILDERS.add("tabular", build_tabular)
 BUILDERS.add("language_model", build_language_model)
 BUILDERS.add("text_classification", build_text_classifier)
+BUILDERS.add("ratings", build_recommender)
 
 
 def data_kind(cfg: RunConfig) -> str:
-    """Which builder a recipe's data needs: ``tabular`` (tables and images), ``language_model``
-    or ``text_classification``."""
+    """Which builder a recipe's data needs: ``tabular`` (tables and images), ``language_model``,
+    ``text_classification`` or ``ratings`` (recommenders)."""
+    if isinstance(cfg.data, RatingsDataConfig):
+        return "ratings"
     if isinstance(cfg.data, TextDataConfig):
         return "text_classification" if cfg.data.name == "shakespeare_genre" else "language_model"
     return "tabular"
@@ -71,7 +76,9 @@ def build(
     kind = data_kind(cfg)
     if fold is not None:
         if kind != "tabular":
-            raise ConfigError("cross-validation applies to tabular and image data, not text")
+            raise ConfigError(
+                "cross-validation applies to tabular and image data, not text or ratings"
+            )
         return build_tabular(
             cfg, run_dir, fold=fold, quiet=quiet, extra_wrappers=extra_wrappers, strategy=strategy
         )
@@ -88,6 +95,7 @@ __all__ = [
     "assemble",
     "build",
     "build_language_model",
+    "build_recommender",
     "build_tabular",
     "build_task",
     "build_text_classifier",

@@ -251,12 +251,13 @@ class Components:
     extras: dict[str, Any] = field(default_factory=dict)  # kind-specific values (block size...)
 
 
-_HIGHER_IS_BETTER = {"accuracy", "f1", "precision", "recall", "auroc", "r2"}
+_HIGHER_IS_BETTER = {"accuracy", "f1", "precision", "recall", "auroc", "r2", "ndcg", "hit_rate"}
 
 
 def monitor_mode_for(metric: str) -> str:
-    """``max`` for scores (accuracy, F1, AUROC, R²...), ``min`` for losses and errors."""
-    return "max" if metric.rsplit("/", 1)[-1] in _HIGHER_IS_BETTER else "min"
+    """``max`` for scores (accuracy, F1, AUROC, R², NDCG@K...), ``min`` for losses and errors."""
+    name = metric.rsplit("/", 1)[-1].split("@", 1)[0]
+    return "max" if name in _HIGHER_IS_BETTER else "min"
 
 
 def stderr_printer(quiet: bool) -> Callable[[str], None]:

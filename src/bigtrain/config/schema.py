@@ -18,6 +18,7 @@ from pydantic import (
 
 from bigtrain.callbacks.noise_scale import DynamicBatchConfig
 from bigtrain.data.config import DataConfig
+from bigtrain.data.ratings_config import RATINGS_DATA_NAMES, RatingsDataConfig
 from bigtrain.data.text_config import TEXT_DATA_NAMES, TextDataConfig
 from bigtrain.optim.config import (
     BatchSizeScheduleConfig,
@@ -78,8 +79,12 @@ class _Strict(BaseModel):
 class TaskConfig(_Strict):
     """What is learned. ``auto`` picks classification/binary/regression from the data."""
 
-    name: Literal["auto", "classification", "binary", "regression", "language_model"] = "auto"
-    loss: Literal["auto", "cross_entropy", "bce", "mse", "mae", "huber"] = "auto"
+    name: Literal[
+        "auto", "classification", "binary", "regression", "language_model", "rating", "ranking"
+    ] = "auto"
+    loss: Literal[
+        "auto", "cross_entropy", "bce", "mse", "mae", "huber", "bpr", "sampled_softmax"
+    ] = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     metrics: list[str] | None = None  # None: the task's defaults
 
@@ -143,7 +148,7 @@ class RunConfig(_Strict):
     name: str = "run"
     description: str = ""
     seed: int = 0
-    data: DataConfig | TextDataConfig
+    data: DataConfig | TextDataConfig | RatingsDataConfig
     model: ModelSection  # {"name": <registered model>, ...its Config fields}
     task: TaskConfig = TaskConfig()
     optim: OptimConfig = OptimConfig()
@@ -160,7 +165,12 @@ class RunConfig(_Strict):
         # choose the data schema by name so errors talk about the right keys
         if isinstance(values, dict) and isinstance(values.get("data"), dict):
             data = values["data"]
-            schema = TextDataConfig if data.get("name") in TEXT_DATA_NAMES else DataConfig
+            name = data.get("name")
+            schema = (
+                TextDataConfig if name in TEXT_DATA_NAMES
+                else RatingsDataConfig if name in RATINGS_DATA_NAMES
+                else DataConfig
+            )  # fmt: skip
             try:
                 values = {**values, "data": schema.model_validate(data)}
             except ValidationError as e:

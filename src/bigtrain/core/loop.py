@@ -253,8 +253,8 @@ class Trainer:
                 if v.numel() == 1:
                     extra_sums[k] = extra_sums.get(k, 0.0) + v.reshape(()) * out.n
             count += out.n
-            if metrics is not None and out.preds is not None:
-                metrics.update(out.preds.float(), out.targets)
+            if metrics is not None:
+                task.update_metrics(metrics, out)
         model.train(was_training)
         totals = self.strategy.reduce_sum(
             torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device),

@@ -29,7 +29,7 @@ class StepOutput:
 
     loss: torch.Tensor
     n: int
-    preds: torch.Tensor | None = None
+    preds: Any = None  # a tensor, or what the task's update_metrics reads
     targets: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     logits: torch.Tensor | None = None
@@ -59,6 +59,14 @@ class Task:
         ``light`` asks for the cheap subset evaluated repeatedly during training.
         """
         return None
+
+    def update_metrics(self, metrics: Any, out: StepOutput) -> None:
+        """Feed one evaluation batch's outputs to ``metrics`` (what ``metrics()`` made).
+
+        Override when the metrics need more than (preds, targets), e.g. a query index for
+        ranking metrics."""
+        if out.preds is not None:
+            metrics.update(out.preds.float(), out.targets)
 
     def derived_metrics(self, loss: float) -> dict[str, float]:
         """Metrics computed from the mean evaluation loss (e.g. perplexity = exp(loss))."""
@@ -106,6 +114,9 @@ class TaskWrapper(Task):
 
     def metrics(self, light: bool = False):
         return self.inner.metrics(light=light)
+
+    def update_metrics(self, metrics: Any, out: StepOutput) -> None:
+        self.inner.update_metrics(metrics, out)
 
     def derived_metrics(self, loss: float) -> dict[str, float]:
         return self.inner.derived_metrics(loss)

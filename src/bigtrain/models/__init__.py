@@ -24,6 +24,12 @@ from .encoder import EncoderClassifier, EncoderClassifierConfig
 from .gpt import GPT, GPTConfig
 from .linear import Linear, LinearConfig
 from .mlp import MLP, MLPConfig
+from .recommender import (
+    MatrixFactorization,
+    MatrixFactorizationConfig,
+    TwoTower,
+    TwoTowerConfig,
+)
 from .rnn import RNNLM, RNNClassifier, RNNClassifierConfig, RNNLMConfig
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
@@ -35,6 +41,8 @@ MODELS.add("gpt", GPT)
 MODELS.add("rnn_lm", RNNLM)
 MODELS.add("rnn_classifier", RNNClassifier)
 MODELS.add("encoder", EncoderClassifier)
+MODELS.add("mf", MatrixFactorization)
+MODELS.add("two_tower", TwoTower)
 
 _ADAPTERS: dict[type, pydantic.TypeAdapter] = {}
 
@@ -143,6 +151,10 @@ __all__ = [
     "MLP",
     "MLPConfig",
     "MODELS",
+    "MatrixFactorization",
+    "MatrixFactorizationConfig",
+    "TwoTower",
+    "TwoTowerConfig",
     "Linear",
     "LinearConfig",
     "build_model",

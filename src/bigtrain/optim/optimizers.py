@@ -177,6 +177,28 @@ def adafactor(
     return torch.optim.Adafactor(params, lr=lr, weight_decay=weight_decay, **_impl(foreach))
 
 
+@OPTIMIZERS.register("sparse_adam")
+def sparse_adam(
+    params: Params,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+) -> torch.optim.Optimizer:
+    """SparseAdam: Adam's moments updated only for the rows a batch's sparse gradient touches
+    (embedding tables with ``sparse=True``); it has no weight decay."""
+    if weight_decay:
+        raise ConfigError(
+            "optim.name sparse_adam has no weight decay; set optim.weight_decay=0 (use the "
+            "model's embedding_l2 to regularise the rows a batch uses)"
+        )
+    groups = list(params)
+    if groups and isinstance(groups[0], dict):  # SparseAdam refuses a weight_decay key
+        groups = [{k: v for k, v in g.items() if k != "weight_decay"} for g in groups]
+    return torch.optim.SparseAdam(groups, lr=lr, **_given(betas=betas, eps=eps))
+
+
 def takes(name: str) -> list[str]:
     """The OptimConfig fields optimizer ``name`` takes, in signature order."""
     sig = inspect.signature(OPTIMIZERS.get(name))
