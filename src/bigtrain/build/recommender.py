@@ -71,6 +71,11 @@ def _check_optimizer(cfg: RunConfig, model: torch.nn.Module) -> None:
                 f"optim.name sparse_adam updates only embedding tables, but model "
                 f"'{cfg.model.name}' has dense layers ({dense[0]}); use adagrad or sgd"
             )
+    if sparse and (cfg.trainer.clip_grad_norm or cfg.trainer.clip_grad_value):
+        raise ConfigError(
+            "model.sparse gradients cannot be clipped by the loop; unset trainer.clip_grad_norm "
+            "and trainer.clip_grad_value (or use dense tables)"
+        )
     if sparse and cfg.distributed.strategy in ("ddp", "fsdp"):
         raise ConfigError(
             "model.sparse with ddp/fsdp is not supported (their gradient reduction is dense); "

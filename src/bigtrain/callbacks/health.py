@@ -68,7 +68,9 @@ class HealthCheck(Callback):
         with_grad = [(n, p.grad) for n, p in self.named if p.grad is not None]
         if not with_grad:
             return
-        norms = torch._foreach_norm([g.detach().float() for _, g in with_grad])
+        # a sparse gradient (embedding tables with sparse=True) is measured by its rows' values
+        dense = [g.detach().coalesce().values() if g.is_sparse else g.detach() for _, g in with_grad]
+        norms = torch._foreach_norm([g.float() for g in dense])
         norms = [_full(n) for n in norms]
         values = torch.stack(norms).tolist()
         if state.trainer.strategy.loss_scaling and not all(map(math.isfinite, values)):
