@@ -313,6 +313,9 @@ class Run:
         health = self.components.callbacks.get("health")
         if health is not None and health.messages:
             summary["health"] = health.messages
+        privacy = self.components.callbacks.get("privacy")
+        if privacy is not None:  # a DP-SGD run: the budget it spent (bigtrain.privacy)
+            summary["privacy"] = privacy.summary()
         notes = self.notes()
         if notes:
             summary["notes"] = notes

@@ -279,6 +279,8 @@ def test_bad_optimizer_configs_are_config_errors(fields, message):
 def test_every_registered_optimizer_trains_the_tiny_model():
     x, y = batches()[0]
     for name in OPTIMIZERS.names():
+        if name == "sparse_adam":  # sparse gradients only: test_recommender.py trains it
+            continue
         model = tiny_model()
         opt = build_optimizer(model, OptimConfig(name=name, lr=1e-2, weight_decay=0.01))
         losses = []

@@ -24,7 +24,7 @@ from bigtrain.plan.hardware import get_hardware
 from bigtrain.plan.memory import OPTIMIZER_STATES, optimizer_state_bytes, plan_memory
 from bigtrain.plan.planner import Settings, make_plan, non_embedding_parameters
 
-TABULAR = [r for r in recipe_names() if not r.startswith(("shakespeare", "fashion"))]
+TABULAR = [r for r in recipe_names() if not r.startswith(("shakespeare", "fashion", "movielens"))]
 # one recipe per model family and feature in the default suite, every recipe under -m slow
 CORE = {"digits-mlp", "digits-cnn", "linear-regression-gd", "shakespeare-char", "shakespeare-moe",
         "shakespeare-shared", "shakespeare-lstm", "shakespeare-genre"}  # fmt: skip

@@ -208,3 +208,25 @@ def test_bad_ratings_csv_is_one_clear_line(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(".", r"\.")):
         read_ratings_csv(path, RatingsDataConfig(name="ratings_csv", path=str(path)))
+
+
+def test_sparse_adam_trains_sparse_tables_and_refuses_weight_decay():
+    from bigtrain.errors import ConfigError
+    from bigtrain.optim import build_optimizer
+    from bigtrain.optim.config import OptimConfig
+
+    torch.manual_seed(0)
+    m = MatrixFactorization(MatrixFactorizationConfig(dim=3, n_users=6, n_items=9, sparse=True))
+    opt = build_optimizer(m, OptimConfig(name="sparse_adam", lr=0.05, weight_decay=0.0))
+    x = torch.stack([torch.randint(1, 7, (64,)), torch.randint(1, 10, (64,))], 1)
+    y = torch.rand(64) * 5
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ConfigError, match="sparse_adam has no weight decay"):
+        build_optimizer(m, OptimConfig(name="sparse_adam", lr=0.05, weight_decay=0.01))

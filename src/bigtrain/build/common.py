@@ -231,8 +231,13 @@ def default_wrappers(cfg: RunConfig, total_steps: int) -> list[BuildWrapper]:
     if cfg.regularization.l1 or cfg.regularization.l2:
         wrappers.append(Penalty())
     tr = cfg.trainer
-    if tr.compile is True or (tr.compile == "auto" and total_steps >= COMPILE_AUTO_MIN_STEPS):
+    auto_compile = tr.compile == "auto" and total_steps >= COMPILE_AUTO_MIN_STEPS
+    if tr.compile is True or (auto_compile and cfg.privacy is None):  # Opacus' hooks: eager
         wrappers.append(Compile())
+    if cfg.privacy is not None:
+        from bigtrain.build.privacy import Privacy
+
+        wrappers.append(Privacy(cfg, total_steps))
     return wrappers
 
 

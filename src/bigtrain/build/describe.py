@@ -35,6 +35,7 @@ from bigtrain.core.state import TrainState
 from bigtrain.core.task import Task
 from bigtrain.data.config import DataConfig
 from bigtrain.data.describe import DataShape, describe_table
+from bigtrain.data.ratings_config import RatingsDataConfig
 from bigtrain.errors import ConfigError
 from bigtrain.models import build_model
 
@@ -137,6 +138,11 @@ def describe_run(cfg: RunConfig) -> DescribedRun:
             tokens_per_example=1, evaluations=_evaluations(cfg, steps, per_epoch),
             eval_examples=shape.val_examples, **common,
         )  # fmt: skip
+    if isinstance(cfg.data, RatingsDataConfig):
+        raise ConfigError(
+            "planning does not take ratings data yet (recommenders); train with "
+            "`bigtrain train` and see docs/recommenders.md for table sizes"
+        )
     if cfg.data.name == "shakespeare_genre":
         return _describe_genre(cfg, common)
     if cfg.model.name not in LANGUAGE_MODELS:

@@ -69,7 +69,9 @@ class HealthCheck(Callback):
         if not with_grad:
             return
         # a sparse gradient (embedding tables with sparse=True) is measured by its rows' values
-        dense = [g.detach().coalesce().values() if g.is_sparse else g.detach() for _, g in with_grad]
+        dense = [
+            g.detach().coalesce().values() if g.is_sparse else g.detach() for _, g in with_grad
+        ]
         norms = torch._foreach_norm([g.float() for g in dense])
         norms = [_full(n) for n in norms]
         values = torch.stack(norms).tolist()

@@ -59,6 +59,8 @@ class ProgressBar(Callback):
         if self.monitor and self.monitor in state.metrics:
             parts.append(f"{self.monitor} {state.metrics[self.monitor]:.4f}")
         parts.append(f"lr {state.lr or state.optimizer.param_groups[0]['lr']:.2e}")
+        if "privacy/epsilon" in state.metrics:  # a DP-SGD run's budget spent so far
+            parts.append(f"epsilon {state.metrics['privacy/epsilon']:.2f}")
         if state.throughput is not None:
             unit = "tok/s" if state.counts_tokens else "ex/s"
             parts.append(f"{state.throughput:,.0f} {unit}")

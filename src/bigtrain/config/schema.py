@@ -26,6 +26,7 @@ from bigtrain.optim.config import (
     RegularizationConfig,
     ScheduleConfig,
 )
+from bigtrain.privacy.config import PrivacyConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +157,7 @@ class RunConfig(_Strict):
     batch_size_schedule: BatchSizeScheduleConfig | None = None
     dynamic_batch: DynamicBatchConfig | None = None  # batch grown from the gradient noise scale
     regularization: RegularizationConfig = RegularizationConfig()
+    privacy: PrivacyConfig | None = None  # DP-SGD through Opacus (docs/privacy.md)
     trainer: TrainerConfig
     distributed: DistributedConfig = DistributedConfig()
 

@@ -69,6 +69,8 @@ class ClassificationTask(Task):
             "recall": lambda: torchmetrics.Recall("multiclass", num_classes=c, average="macro"),
             "auroc": lambda: torchmetrics.AUROC("multiclass", num_classes=c),
             "confusion_matrix": lambda: torchmetrics.ConfusionMatrix("multiclass", num_classes=c),
+            # opt-in (task.metrics: [..., ece]): expected calibration error, 15 equal-width bins
+            "ece": lambda: torchmetrics.CalibrationError("multiclass", num_classes=c, n_bins=15),
         }
         defaults = ["accuracy", "f1", "precision", "recall", "auroc", "confusion_matrix"]
         return _collection(
@@ -122,6 +124,7 @@ class BinaryClassificationTask(Task):
             "recall": lambda: torchmetrics.Recall("binary"),
             "auroc": lambda: torchmetrics.AUROC("binary"),
             "confusion_matrix": lambda: torchmetrics.ConfusionMatrix("binary"),
+            "ece": lambda: torchmetrics.CalibrationError("binary", n_bins=15),  # opt-in
         }
         defaults = ["accuracy", "f1", "precision", "recall", "auroc", "confusion_matrix"]
         return _collection(
