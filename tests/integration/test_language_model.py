@@ -153,3 +153,20 @@ def test_bf16_training_beats_a_bigram_model(tmp_path):
     summary = run.fit()
     _, bigram = ngram_baselines(run)
     assert summary["test"]["loss"] < bigram - 0.05
+
+
+@pytest.mark.parametrize("model", ["encoder", "rnn_classifier"])
+def test_genre_classifiers_know_the_pad_id(model):
+    """Padding is the id past the tokenizer's vocabulary: a model that skips padding must be
+    told so, or it treats a real token (id 0) as padding and mis-measures every length."""
+    from bigtrain.build import build
+    from bigtrain.config import load_recipe
+
+    section = f"model={{name: {model}, n_embd: 16}}"
+    cfg = load_recipe("tiny/shakespeare-genre", [section, "trainer.progress=false"])
+    built = build(cfg, run_dir=None, quiet=True)
+    config = built.model.config
+    pad = config.vocab_size - 1
+    assert config.pad_id == pad
+    x = built.data.train.x
+    assert (x == pad).any() and not (x > pad).any()

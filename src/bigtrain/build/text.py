@@ -213,7 +213,8 @@ def build_text_classifier(
         raise ConfigError(
             f"model '{cfg.model.name}' cannot read tokens (use encoder or rnn_classifier)"
         )
-    vocab = {"vocab_size": pad + 1} | ({"pad_id": pad} if cfg.model.name == "encoder" else {})
+    # every model that skips padding (encoder, rnn_classifier) must know the pad id
+    vocab = {"vocab_size": pad + 1} | ({"pad_id": pad} if "pad_id" in cfg.model.fields() else {})
     model = make_model(cfg, (block,), len(classes), cfg.model.replace(**vocab))
     if cfg.task.name not in ("auto", "classification") or cfg.task.loss not in (
         "auto",
