@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bigtrain.core.events import Event
 
@@ -86,3 +86,11 @@ class CallbackList:
         for name, cb in self.named.items():
             if name in states:
                 cb.load_state_dict(states[name])
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """A callback that writes metric records (the run's MetricsLogger). A feature that computes
+    metrics on its own schedule (the privacy accountant's epsilon) hands them to it."""
+
+    def log_metrics(self, state: TrainState, metrics: dict[str, Any]) -> None: ...

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bigtrain.core.callback import Callback
+from bigtrain.core.callback import Callback, MetricsSink
 from bigtrain.core.state import TrainState
 from bigtrain.errors import ConfigError
 
@@ -132,7 +132,7 @@ class PrivacyAccountant(Callback):
     The DP optimizer calls :meth:`step` after noising each update (Opacus' step hook), so only
     updates that happened are counted. Epsilon goes into ``state.metrics["privacy/epsilon"]``
     (the progress bar shows it) and, as a ``"privacy"`` record, into the metrics log through
-    the run's logger (the callback with ``log_metrics``; it fires before this one, so the
+    the run's logger (the ``MetricsSink`` callback; it fires before this one, so the
     record is written here). ``state_dict`` holds the accountant history and the noise
     multiplier, so a resumed run spends the same budget as an uninterrupted one.
 
@@ -187,10 +187,9 @@ class PrivacyAccountant(Callback):
         return eps
 
     def on_fit_start(self, state: TrainState) -> None:
-        named = getattr(state.trainer, "callbacks", None)
-        others = getattr(named, "callbacks", [])
+        others = state.trainer.callbacks.callbacks
         self._sink = next(
-            (cb.log_metrics for cb in others if cb is not self and hasattr(cb, "log_metrics")),
+            (cb.log_metrics for cb in others if cb is not self and isinstance(cb, MetricsSink)),
             None,
         )
         self._logged_at = None
