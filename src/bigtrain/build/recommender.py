@@ -141,4 +141,6 @@ def build_recommender(
         extra_wrappers=extra_wrappers, strategy=strategy,
     )  # fmt: skip
     built.test_batches = data.test
+    # the rows training touched (for a ranking run, its positives): predict's cold_start flags
+    built.extras.update(warm_users=warm_users, warm_items=warm_items)
     return built

@@ -86,10 +86,7 @@ def run_recommend(args: argparse.Namespace, cfg) -> int:
     data = built.data
     model = built.trainer.strategy.unwrap(built.trainer.state.model)
     model.eval()
-    warm_users = torch.zeros(data.n_users + 1, dtype=torch.bool)
-    warm_users[data.train.x[:, 0]] = True
-    warm_items = torch.zeros(data.n_items + 1, dtype=torch.bool)
-    warm_items[data.train.x[:, 1]] = True
+    warm_users, warm_items = built.extras["warm_users"], built.extras["warm_items"]
     rating = isinstance(built.task, RatingTask)
     if user_id is not None:
         return _top_k(args, data, model, user_id, warm_items)

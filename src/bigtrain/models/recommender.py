@@ -57,7 +57,10 @@ def _table(rows: int, dim: int, sparse: bool, std: float) -> nn.Embedding:
 
 
 class _Recommender(nn.Module):
-    """What both models share: biases, the global mean, zeroed cold rows, the row penalty."""
+    """What both models share: score = mu + b_u + b_i + user_vector . item_vector, over the
+    subclass's id tables and vectors; the global mean, zeroed cold rows, the row penalty."""
+
+    cfg: MatrixFactorizationConfig | TwoTowerConfig
 
     def _init_biases(self, n_users: int, n_items: int, biases: bool, sparse: bool) -> None:
         self.user_bias = _table(n_users, 1, sparse, 0.0) if biases else None
@@ -65,12 +68,26 @@ class _Recommender(nn.Module):
         # the training ratings' mean (set by the builder; 0 for ranking): scores start there
         self.register_buffer("global_mean", torch.zeros(()))
 
+    def id_tables(self) -> tuple[nn.Embedding, nn.Embedding]:
+        raise NotImplementedError
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def bias(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """mu + b_u + b_i for pairs (any matching shapes)."""
         out = self.global_mean.expand(users.shape)
         if self.user_bias is not None:
             out = out + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
         return out
+
+    def row_squares(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """|row|^2 of the id-table rows each pair looks up: what ``embedding_l2`` penalises."""
+        user_table, item_table = self.id_tables()
+        return user_table(users).pow(2).sum(-1) + item_table(items).pow(2).sum(-1)
 
     def zero_rows(self, users: torch.Tensor, items: torch.Tensor) -> None:
         """Zero the rows of users/items no training example touches: they keep no random
@@ -84,8 +101,25 @@ class _Recommender(nn.Module):
                 self.user_bias.weight[users] = 0.0
                 self.item_bias.weight[items] = 0.0
 
-    def id_tables(self) -> tuple[nn.Embedding, nn.Embedding]:
-        raise NotImplementedError
+    def forward(
+        self, x: torch.Tensor, with_penalty: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Scores of (user row, item row) pairs x (B, 2): (B,); with the row penalty if asked."""
+        users, items = x[..., 0], x[..., 1]  # (B,), (B,)
+        u, v = self.user_vectors(users), self.item_vectors(items)  # (B, dim)
+        score = self.bias(users, items) + (u * v).sum(-1)  # (B,)
+        if not with_penalty:
+            return score
+        return score, self.cfg.embedding_l2 * self.row_squares(users, items).mean()
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of every item row for ``users`` (U,): (U, n_items + 1)."""
+        items = torch.arange(self.cfg.n_items + 1, device=users.device)
+        scores = self.user_vectors(users) @ self.item_vectors(items).T  # (U, I + 1)
+        bias = self.global_mean.expand(len(users))[:, None]
+        if self.user_bias is not None:  # (mu + b_u) + b_i: the order of ``bias``
+            bias = bias + self.user_bias.weight[users] + self.item_bias.weight[:, 0][None, :]
+        return bias + scores
 
 
 class MatrixFactorization(_Recommender):
@@ -102,37 +136,27 @@ class MatrixFactorization(_Recommender):
         self.item_factors = _table(cfg.n_items, cfg.dim, cfg.sparse, cfg.init_std)
         self._init_biases(cfg.n_users, cfg.n_items, cfg.biases, cfg.sparse)
 
-    def id_tables(self) -> tuple[nn.Embedding, nn.Embedding]:
-        return self.user_factors, self.item_factors
-
     @classmethod
     def from_config(
         cls, cfg: MatrixFactorizationConfig, input_shape: tuple[int, ...], num_outputs: int
     ) -> MatrixFactorization:
         return cls(cfg)
 
-    def forward(
-        self, x: torch.Tensor, with_penalty: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        users, items = x[..., 0], x[..., 1]  # (B,), (B,)
-        p, q = self.user_factors(users), self.item_factors(items)  # (B, dim)
-        score = self.bias(users, items) + (p * q).sum(-1)  # (B,)
-        if not with_penalty:
-            return score
-        squares = p.pow(2).sum(-1) + q.pow(2).sum(-1)
+    def id_tables(self) -> tuple[nn.Embedding, nn.Embedding]:
+        return self.user_factors, self.item_factors
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_factors(users)  # p_u
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item_factors(items)  # q_i
+
+    def row_squares(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        squares = super().row_squares(users, items)  # the classic MF penalty has the biases too
         if self.user_bias is not None:
             squares = squares + self.user_bias(users).squeeze(-1) ** 2
             squares = squares + self.item_bias(items).squeeze(-1) ** 2
-        return score, self.cfg.embedding_l2 * squares.mean()
-
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """Scores of every item row for ``users`` (U,): (U, n_items + 1)."""
-        items = torch.arange(self.cfg.n_items + 1, device=users.device)
-        grid_u, grid_i = (
-            users[:, None].expand(-1, len(items)),
-            items[None, :].expand(len(users), -1),
-        )
-        return self.bias(grid_u, grid_i) + self.user_factors(users) @ self.item_factors.weight.T
+        return squares
 
 
 @dataclass
@@ -144,7 +168,8 @@ class TwoTowerConfig:
         hidden: hidden layer widths of each tower's MLP (empty: the sum of embeddings as is).
         features: add the item's genres (multi-hot, linear) and release year (5-year buckets,
             an embedding) to its id embedding, so unseen items are scored from features.
-        biases / sparse / init_std / embedding_l2: as for ``mf``.
+        biases / sparse / init_std: as for ``mf``.
+        embedding_l2: L2 penalty on the id-embedding rows a batch looks up (not the biases).
         n_users, n_items, n_genres, n_year_buckets: filled in from the data.
     """
 
@@ -228,23 +253,3 @@ class TwoTower(_Recommender):
             v = v + self.genre_projection(self.item_genres[items])
             v = v + self.year_embedding(self.item_year[items])
         return self.item_tower(v)
-
-    def forward(
-        self, x: torch.Tensor, with_penalty: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        users, items = x[..., 0], x[..., 1]
-        u, v = self.user_vectors(users), self.item_vectors(items)  # (B, dim)
-        score = self.bias(users, items) + (u * v).sum(-1)
-        if not with_penalty:
-            return score
-        squares = self.user_embedding(users).pow(2).sum(-1)
-        squares = squares + self.item_embedding(items).pow(2).sum(-1)
-        return score, self.cfg.embedding_l2 * squares.mean()
-
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        items = torch.arange(self.cfg.n_items + 1, device=users.device)
-        grid_u, grid_i = (
-            users[:, None].expand(-1, len(items)),
-            items[None, :].expand(len(users), -1),
-        )
-        return self.bias(grid_u, grid_i) + self.user_vectors(users) @ self.item_vectors(items).T
