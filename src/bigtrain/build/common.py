@@ -228,6 +228,24 @@ class Compile(BuildWrapper):
 def default_wrappers(cfg: RunConfig, total_steps: int) -> list[BuildWrapper]:
     """The wrappers a recipe asks for, in the order they apply."""
     wrappers: list[BuildWrapper] = []
+    # the model's own changes first (pretrained weights, freezing, adapters, masks, fake
+    # quantization), then the task's (teacher, penalties), then compile and DP-SGD
+    if cfg.finetune is not None or cfg.lora is not None:
+        from bigtrain.build.transfer import Transfer
+
+        wrappers.append(Transfer(cfg, total_steps))
+    if cfg.prune is not None:
+        from bigtrain.build.prune import Prune
+
+        wrappers.append(Prune(cfg, total_steps))
+    if cfg.quantize is not None:
+        from bigtrain.build.quantize import QuantizationAware
+
+        wrappers.append(QuantizationAware(cfg, total_steps))
+    if cfg.distill is not None:
+        from bigtrain.build.distill import Distill
+
+        wrappers.append(Distill(cfg, total_steps))
     if cfg.regularization.l1 or cfg.regularization.l2:
         wrappers.append(Penalty())
     tr = cfg.trainer

@@ -97,6 +97,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", cfg=None):
     ``cfg`` is the run's config when the caller has already read it (``run_config``).
     """
     from bigtrain.build import build
+    from bigtrain.build.variant import restore_variant
     from bigtrain.callbacks.checkpointing import best_weights
     from bigtrain.core.checkpoint import load_weights
     from bigtrain.errors import CheckpointError
@@ -105,6 +106,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", cfg=None):
     path = best_weights(run_dir, checkpoint)
     if path is None:
         raise CheckpointError(f"{run_dir} has no checkpoint to evaluate")
+    # a compressed variant (bigtrain compress ...) reshapes the model before its weights load
+    built.trainer.state.model = restore_variant(built.trainer.state.model, run_dir)
     load_weights(path, built.trainer.state.model)
     return built, path
 

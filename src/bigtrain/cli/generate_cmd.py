@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     """(model in eval mode, tokenizer) of a language-model run folder, without loading its data."""
     from bigtrain.build import LANGUAGE_MODELS, model_block_size
+    from bigtrain.build.variant import restore_variant
     from bigtrain.callbacks.checkpointing import best_weights
     from bigtrain.cli.eval_cmd import run_config
     from bigtrain.core.checkpoint import load_weights
@@ -50,6 +51,7 @@ def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     ckpt = best_weights(run_dir, checkpoint)
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no checkpoint")
+    model = restore_variant(model, run_dir)  # a compressed variant (bigtrain compress ...)
     load_weights(ckpt, model)
     return model.eval(), tokenizer
 

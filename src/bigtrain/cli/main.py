@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "lr_find_cmd",
     "batch_size_find_cmd",
     "explain_cmd",
+    "compress_cmd",
+    "export_cmd",
 ]
 
 

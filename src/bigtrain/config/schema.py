@@ -17,6 +17,9 @@ from pydantic import (
 )
 
 from bigtrain.callbacks.noise_scale import DynamicBatchConfig
+from bigtrain.compress.distill_config import DistillConfig
+from bigtrain.compress.prune_config import PruneConfig
+from bigtrain.compress.quantize_config import QuantizeConfig
 from bigtrain.data.config import DataConfig
 from bigtrain.data.ratings_config import RATINGS_DATA_NAMES, RatingsDataConfig
 from bigtrain.data.text_config import TEXT_DATA_NAMES, TextDataConfig
@@ -27,6 +30,7 @@ from bigtrain.optim.config import (
     ScheduleConfig,
 )
 from bigtrain.privacy.config import PrivacyConfig
+from bigtrain.transfer.config import FinetuneConfig, LoraConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +162,11 @@ class RunConfig(_Strict):
     dynamic_batch: DynamicBatchConfig | None = None  # batch grown from the gradient noise scale
     regularization: RegularizationConfig = RegularizationConfig()
     privacy: PrivacyConfig | None = None  # DP-SGD through Opacus (docs/privacy.md)
+    finetune: FinetuneConfig | None = None  # freezing, unfreezing, per-group LRs (docs/transfer.md)
+    lora: LoraConfig | None = None  # low-rank adapters through peft (docs/transfer.md)
+    distill: DistillConfig | None = None  # learn from a teacher's soft targets (docs/compression.md)
+    prune: PruneConfig | None = None  # magnitude pruning during training (docs/compression.md)
+    quantize: QuantizeConfig | None = None  # quantization-aware training (docs/compression.md)
     trainer: TrainerConfig
     distributed: DistributedConfig = DistributedConfig()
 

@@ -1,0 +1,22 @@
+"""``bigtrain compress distill|prune|quantize|report``: each subcommand lives in its own module
+(``compress_<name>.py``) exposing ``add_parser(subparsers)``, like the top-level commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SUBCOMMANDS = ["compress_distill", "compress_prune", "compress_quantize", "compress_report"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="distil, prune or quantize a trained model and compare the variants",
+        description="Make a trained model smaller or faster; each variant is a run folder that "
+        "eval/predict/generate read like any other (docs/compression.md).",
+    )
+    inner = p.add_subparsers(dest="compress_command", metavar="SUBCOMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"bigtrain.cli.{name}").add_parser(inner)
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])

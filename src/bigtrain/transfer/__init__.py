@@ -1,0 +1,2 @@
+"""Transfer learning: pretrained weights that ship in packages, freezing, per-group learning rates
+and LoRA (docs/transfer.md)."""
