@@ -230,10 +230,14 @@ def default_wrappers(cfg: RunConfig, total_steps: int) -> list[BuildWrapper]:
     wrappers: list[BuildWrapper] = []
     # the model's own changes first (pretrained weights, freezing, adapters, masks, fake
     # quantization), then the task's (teacher, penalties), then compile and DP-SGD
-    if cfg.finetune is not None or cfg.lora is not None:
+    if cfg.finetune is not None:
         from bigtrain.build.transfer import Transfer
 
         wrappers.append(Transfer(cfg, total_steps))
+    if cfg.lora is not None:
+        from bigtrain.build.lora import Lora
+
+        wrappers.append(Lora(cfg, total_steps))
     if cfg.prune is not None:
         from bigtrain.build.prune import Prune
 

@@ -30,7 +30,8 @@ from bigtrain.optim.config import (
     ScheduleConfig,
 )
 from bigtrain.privacy.config import PrivacyConfig
-from bigtrain.transfer.config import FinetuneConfig, LoraConfig
+from bigtrain.transfer.config import FinetuneConfig
+from bigtrain.transfer.lora_config import LoraConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,9 @@ class TextDataConfig(BaseModel):
         name: ``shakespeare`` (the embedded corpus), ``text`` (UTF-8 file, folder or glob at
             ``path``), ``prepared`` (a folder written by ``bigtrain data prepare``), or
             ``shakespeare_genre`` (classify which genre a passage comes from).
-        tokenizer / vocab_size: ``char``, or ``bpe`` trained locally with ``vocab_size`` tokens.
+        tokenizer / vocab_size: ``char``, or ``bpe`` trained locally with ``vocab_size`` tokens,
+            or a pretrained model's own tokenizer (``minilm``, ``smollm2``: its vocabulary, so
+            that its pretrained weights apply; docs/transfer.md).
         val_fraction: share of the tokens held out for validation.
         batch_size: sequences per training batch (the context length is the model's block_size).
         eval_batches / eval_batch_size: fixed batches used for every train/val loss estimate.
@@ -30,7 +32,7 @@ class TextDataConfig(BaseModel):
 
     name: Literal["shakespeare", "text", "prepared", "shakespeare_genre"]
     path: str | None = None
-    tokenizer: Literal["char", "bpe"] = "char"
+    tokenizer: Literal["char", "bpe", "minilm", "smollm2"] = "char"  # the last two: pretrained
     vocab_size: int | None = Field(None, ge=2)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     batch_size: int = Field(12, ge=1)

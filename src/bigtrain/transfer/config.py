@@ -10,8 +10,3 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class LoraConfig(BaseModel):
-    """Being written."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
