@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from bigtrain._io import atomic_write_text, replace_folder, temp_dir_beside
@@ -57,7 +57,9 @@ def variant_steps(run_dir: str | Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
         steps = data["steps"]
-        if not isinstance(steps, list) or not all(isinstance(s, dict) and "kind" in s for s in steps):
+        if not isinstance(steps, list) or not all(
+            isinstance(s, dict) and "kind" in s for s in steps
+        ):
             raise ValueError("steps must be a list of {kind: ...}")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is unreadable or malformed ({e})") from None

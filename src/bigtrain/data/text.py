@@ -52,6 +52,8 @@ __all__ = [
 
 TOKENIZER_FORMAT = 1
 TOKENIZER_TYPES = ("char", "bpe")
+#: pretrained models whose own tokenizer a recipe can name (data/pretrained_tokenizers.py)
+PRETRAINED_TOKENIZERS = ("minilm", "smollm2")
 #: Bump when prepared folders change meaning: it is part of the cache key.
 PREPARED_FORMAT = 1
 DEFAULT_CACHE_ROOT = Path("~/.cache/bigtrain/text")
@@ -272,10 +274,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def check_tokenizer_type(name: str) -> str:
     """Return ``name`` if it is a tokenizer type, else raise ConfigError with a suggestion."""
-    if name not in _CLASSES:
+    if name not in _CLASSES and name not in PRETRAINED_TOKENIZERS:
         raise ConfigError(
             f"unknown tokenizer '{name}'{did_you_mean(name, _CLASSES)}; "
-            f"choose one of: {', '.join(TOKENIZER_TYPES)}"
+            f"choose one of: {', '.join((*TOKENIZER_TYPES, *PRETRAINED_TOKENIZERS))}"
         )
     return name
 
@@ -286,6 +288,10 @@ def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int | None) -> 
     For ``char``, ``vocab_size`` is optional and only an upper bound; ``bpe`` needs it.
     """
     check_tokenizer_type(kind)
+    if kind in PRETRAINED_TOKENIZERS:  # the model's own vocabulary: nothing is learned
+        from bigtrain.data.pretrained_tokenizers import PretrainedTokenizer
+
+        return PretrainedTokenizer.from_package(kind)
     if kind == "char":
         tok = CharTokenizer.train(texts)
         if vocab_size is not None and tok.vocab_size > vocab_size:
@@ -304,6 +310,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     d = _read_json(path)
     kind = d.get("type")
+    if kind == "pretrained":
+        from bigtrain.data.pretrained_tokenizers import PretrainedTokenizer
+
+        return PretrainedTokenizer.from_dict(d, path)
     if kind not in _CLASSES:
         raise DataError(
             f"tokenizer file {path} has type {kind!r}; "
