@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUBCOMMANDS = ["compress_distill", "compress_prune", "compress_quantize", "compress_report"]
+SUBCOMMANDS = [
+    "compress_distill",
+    "compress_prune",
+    "compress_quantize",
+    "compress_report",
+    "compress_merge",
+]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compress",
-        help="distil, prune or quantize a trained model and compare the variants",
+        help="distil, prune, quantize or merge adapters of a trained model; compare the variants",
         description="Make a trained model smaller or faster; each variant is a run folder that "
         "eval/predict/generate read like any other (docs/compression.md).",
     )
