@@ -162,10 +162,15 @@ def test_optimizer_state_bytes_equal_what_torch_allocates(name, kwargs):
     [("digits-cnn", []), ("shakespeare-char", ["data.max_chars=20000", "model.n_layer=2"])],
 )
 def test_predicted_peak_memory_is_within_15_percent_of_measured(recipe, overrides):
+    from bigtrain.build.common import resolve_precision
     from bigtrain.build.describe import measure_training_peak
 
     cfg = load_recipe(recipe, overrides)
-    plan = make_plan(describe_run(cfg), Settings(get_hardware("cpu"), optimizer=cfg.optim.name))
+    # precision: auto is bf16 on a CPU with native bf16 (AMX/AVX512-BF16), as the run will be
+    precision = resolve_precision(cfg.trainer.precision, "cpu")
+    hardware = get_hardware("cpu", precision)
+    settings = Settings(hardware, precision=precision, optimizer=cfg.optim.name)
+    plan = make_plan(describe_run(cfg), settings)
     assert plan.memory.total == pytest.approx(measure_training_peak(cfg), rel=0.15)
 
 

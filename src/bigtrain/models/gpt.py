@@ -18,9 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bigtrain.models.gpt_blocks import MLP, Block, CausalSelfAttention, apply_rotary, make_norm
 from bigtrain.models.moe import MoEConfig, MoEMLP
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "LMOutput", "MoEConfig"]
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+
+__all__ = [
+    "GPT",
+    "Block",
+    "CausalSelfAttention",
+    "GPTConfig",
+    "KVCache",
+    "LMOutput",
+    "MLP",
+    "MoEConfig",
+    "apply_rotary",
+]
 
 
 class LMOutput(NamedTuple):
@@ -61,6 +75,14 @@ class GPTConfig:
             (``n_experts = 0`` means dense); always a MoEConfig after construction.
         activation_checkpointing: recompute each block in backward (training only).
         rope_base: RoPE frequency base.
+        norm: "layernorm" (nanoGPT) or "rmsnorm" (Llama; the modded-nanogpt speedrun).
+        mlp: "gelu" (nanoGPT), "relu2" (ReLU squared, the speedrun) or "swiglu" (Llama: two
+            input projections of mlp_ratio * n_embd, ``silu(a) * b``, so 1.5x the MLP weights).
+        qk_norm: RMSNorm queries and keys per head before attention (the speedrun, OLMo 2).
+        logit_softcap: None, or c > 0 to squash logits to ``c * tanh(logits / c)`` (Gemma 2,
+            the speedrun's 30 / 15).
+        zero_init_proj: start every residual output projection (attention and MLP ``c_proj``)
+            at zero, so each block begins as the identity (the speedrun).
     """
 
     n_layer: int = 4
@@ -79,6 +101,11 @@ class GPTConfig:
     moe: MoEConfig | dict[str, Any] = field(default_factory=MoEConfig)
     activation_checkpointing: bool = False
     rope_base: float = 10000.0
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    qk_norm: bool = False
+    logit_softcap: float | None = None
+    zero_init_proj: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.moe, dict):
@@ -100,6 +127,13 @@ class GPTConfig:
                 f"n_unique_blocks: must be between 1 and n_layer={self.n_layer} (or null for no "
                 f"sharing), got {self.n_unique_blocks}"
             )
+        for name, allowed in (("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}: must be one of {', '.join(allowed)}, got '{getattr(self, name)}'"
+                )
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ValueError(f"logit_softcap: must be > 0 (or null), got {self.logit_softcap}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
         n_blocks = self.n_unique_blocks or self.n_layer
@@ -130,109 +164,6 @@ class KVCache:
         self.pos = 0
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., T, hd) by RoPE angles (T, hd/2); dims i and i + hd/2 form a pair (NeoX)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with one fused qkv projection and SDPA."""
-
-    def __init__(self, cfg: GPTConfig) -> None:
-        super().__init__()
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor | None = None,
-        sin: torch.Tensor | None = None,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        start: int = 0,
-    ) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        if cos is not None:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if kv is None:
-            p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            end = start + T
-            kv[0][:, :, start:end] = k
-            kv[1][:, :, start:end] = v
-            k, v = kv[0][:, :, :end], kv[1][:, :, :end]  # (B, nh, end, hd) cached prefix
-            if start == 0:  # prefill: plain causal attention
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            elif T == 1:  # decode: the new token sees every cached position
-                y = F.scaled_dot_product_attention(q, k, v)
-            else:  # a chunk after a prefix: query i sees keys up to start + i
-                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
-
-
-class MLP(nn.Module):
-    """Linear -> GELU -> Linear -> dropout."""
-
-    def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0, bias: bool = False) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
-        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm block; ``forward`` returns (x, MoE aux loss or None)."""
-
-    def __init__(self, cfg: GPTConfig, moe: bool = False) -> None:
-        super().__init__()
-        hidden = int(cfg.mlp_ratio * cfg.n_embd)
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.is_moe = moe
-        if moe:
-            m = cfg.moe
-            self.mlp = MoEMLP(
-                cfg.n_embd,
-                m.n_experts,
-                m.top_k,
-                m.capacity_factor,
-                hidden,
-                cfg.dropout,
-                bias=cfg.bias,
-                eval_capacity_factor=m.eval_capacity_factor,
-            )
-        else:
-            self.mlp = MLP(cfg.n_embd, hidden, cfg.dropout, cfg.bias)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor | None = None,
-        sin: torch.Tensor | None = None,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        start: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = x + self.attn(self.ln_1(x), cos, sin, kv, start)
-        if self.is_moe:
-            y, aux = self.mlp(self.ln_2(x))
-            return x + y, aux
-        return x + self.mlp(self.ln_2(x)), None
-
-
 class GPT(nn.Module):
     """Decoder-only language model; ``forward(idx, targets=None, kv_cache=None) -> LMOutput``."""
 
@@ -254,7 +185,7 @@ class GPT(nn.Module):
         modules["h"] = nn.ModuleList(
             Block(cfg, moe=cfg.moe.n_experts > 0 and (j + 1) % every == 0) for j in range(n_blocks)
         )
-        modules["ln_f"] = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        modules["ln_f"] = make_norm(cfg)
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -302,7 +233,10 @@ class GPT(nn.Module):
         proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight") or name.endswith("mlp.w_proj"):
-                nn.init.normal_(p, 0.0, proj_std)
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, 0.0, proj_std)
         if self.config.position == "rotary":  # also restores the tables after to_empty()
             self.rope_cos, self.rope_sin = self._rope_tables(self.lm_head.weight.device)
 
@@ -391,6 +325,8 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos = start + T
         logits = self.lm_head(t.ln_f(x))  # (B, T, vocab)
+        if cfg.logit_softcap is not None:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         if aux_sum is not None:
             aux_sum = aux_sum / n_moe
             counts = counts.detach()

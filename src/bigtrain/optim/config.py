@@ -31,6 +31,7 @@ class OptimConfig(BaseModel):
     betas: tuple[float, float] | None = None
     eps: float | None = Field(default=None, gt=0.0)
     alpha: float | None = Field(default=None, ge=0.0, le=1.0)  # RMSprop smoothing constant
+    adam_lr: float | None = Field(default=None, gt=0.0)  # muon: its AdamW partner's LR
     foreach: bool | None = None
     fused: bool | None = None
 

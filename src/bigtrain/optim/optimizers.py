@@ -199,6 +199,34 @@ def sparse_adam(
     return torch.optim.SparseAdam(groups, lr=lr, **_given(betas=betas, eps=eps))
 
 
+@OPTIMIZERS.register("muon")
+def muon(
+    params: Params,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float | None = None,
+    nesterov: bool | None = None,
+    betas: tuple[float, float] | None = None,
+    eps: float | None = None,
+    adam_lr: float | None = None,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """Muon (orthogonalised Nesterov momentum) on hidden matrices, AdamW (``betas``, ``eps``,
+    at ``adam_lr``; ``foreach``/``fused`` apply to it) on embeddings, head, gains and biases
+    (optim/muon.py)."""
+    from bigtrain.optim.muon import MuonWithAdamW
+
+    groups = list(params)
+    if groups and not isinstance(groups[0], dict):  # plain tensors: all AdamW
+        groups = [{"name": "adam_decay", "params": groups, "weight_decay": weight_decay}]
+    extra = _given(momentum=momentum, nesterov=nesterov, betas=betas, eps=eps)
+    return MuonWithAdamW(
+        groups, lr=lr, weight_decay=weight_decay, adam_impl=_impl(foreach, fused), **extra
+    )
+
+
 def takes(name: str) -> list[str]:
     """The OptimConfig fields optimizer ``name`` takes, in signature order."""
     sig = inspect.signature(OPTIMIZERS.get(name))
@@ -230,5 +258,10 @@ def make_optimizer(params: Params, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Optimizer over ``model``'s trainable parameters, split into decay/no-decay groups."""
+    """Optimizer over ``model``'s trainable parameters, split into decay/no-decay groups
+    (Muon: hidden matrices / AdamW groups, ``muon_param_groups``)."""
+    if cfg.name == "muon":
+        from bigtrain.optim.muon import muon_param_groups
+
+        return make_optimizer(muon_param_groups(model, cfg.weight_decay, cfg.lr, cfg.adam_lr), cfg)
     return make_optimizer(param_groups(model, cfg.weight_decay, cfg.decay_filter), cfg)

@@ -26,6 +26,8 @@ OPTIMIZER_STATES = {
     "adamw": "first and second moments (+ a step scalar)",
     "lamb": "first and second moments",
     "lion": "one momentum",
+    "muon": "a momentum buffer per hidden matrix, AdamW moments for the rest (planned as AdamW "
+    "for every tensor: an upper bound, since which matrices are hidden depends on the model)",
     "adafactor": "factored second moments: one row and one column vector per matrix, the full "
     "variance for vectors (+ a step scalar)",
 }
@@ -50,7 +52,7 @@ def optimizer_state_bytes(
             total += n + 1
         elif name == "rmsprop":
             total += n + (n if momentum else 0) + 1
-        elif name in ("adam", "adamw"):
+        elif name in ("adam", "adamw", "muon"):
             total += 2 * n + 1
         elif name == "lamb":
             total += 2 * n
