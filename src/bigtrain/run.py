@@ -266,10 +266,12 @@ class Run:
         return best_weights(self.run_dir)
 
     def test(self) -> dict[str, Any]:
-        """Evaluate the best checkpoint on the test split (val if there is no test split)."""
+        """Evaluate the best checkpoint on the test split (the whole val split if there is no
+        test split: a language model's periodic evaluations only sample it)."""
         batches, split = self.components.test_batches, "test"
         if batches is None:
-            batches, split = self.trainer.state.val_data, "val"
+            batches = self.components.extras.get("full_val_batches", self.trainer.state.val_data)
+            split = "val"
         if batches is None:
             return {}
         strategy = self.trainer.strategy

@@ -140,3 +140,19 @@ def test_sampling_does_not_load_the_corpus(tmp_path):
     grown_mib = (_rss_anon_kib() - before) / 1024
     # Loading the file would add >= 20 MiB (80 MiB as int64); memmap pages are file-backed.
     assert grown_mib < 8, f"anonymous memory grew by {grown_mib:.1f} MiB"
+
+
+def test_full_split_batches_predict_every_token_once(tmp_path):
+    import numpy as np
+
+    from bigtrain.data.tokens import full_split_batches
+
+    tokens = np.arange(103, dtype=np.uint16)
+    path = tmp_path / "val.bin"
+    tokens.tofile(path)
+    batches = full_split_batches(path, "uint16", block_size=10, batch_size=4)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert [len(b[0]) for b in batches] == [4, 4, 2]  # 10 windows of 10: tokens 0..100
+    assert torch.equal(x.flatten(), torch.arange(100))
+    assert torch.equal(y.flatten(), torch.arange(1, 101))

@@ -105,7 +105,12 @@ def build_language_model(
 ) -> Components:
     """Token files -> random-window sampler -> GPT/RNN LM -> Trainer with MFU logging."""
     from bigtrain.data.text import load_tokenizer
-    from bigtrain.data.tokens import PreparedText, TokenWindowSampler, fixed_eval_batches
+    from bigtrain.data.tokens import (
+        PreparedText,
+        TokenWindowSampler,
+        fixed_eval_batches,
+        full_split_batches,
+    )
 
     name = cfg.model.name
     if name not in LANGUAGE_MODELS:
@@ -159,6 +164,10 @@ def build_language_model(
         strategy=strategy,
     )
     built.extras.update(block_size=block, flops_per_token=flops or 0.0, prepared=prepared)
+    # the final number: the whole validation split (the periodic evaluations use d.eval_batches)
+    built.extras["full_val_batches"] = full_split_batches(
+        prepared.val_path, prepared.dtype, block, eval_bs
+    )
     built.tokenizer = load_tokenizer(prepared.tokenizer_path)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)

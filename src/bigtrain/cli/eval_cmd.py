@@ -69,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_config(run_dir: str | Path):
     """The validated RunConfig saved in a run folder's config.yaml, for one process (progress
-    bar off; a distributed run's folder is evaluated by one plain process)."""
+    bar off; a distributed run's folder is evaluated by one plain process). A distilled run's
+    ``distill:`` section is dropped: the teacher only shaped training, the student stands alone."""
     import yaml
 
     from bigtrain.config.loader import validate
@@ -87,6 +88,7 @@ def run_config(run_dir: str | Path):
         update={
             "trainer": cfg.trainer.model_copy(update={"progress": False}),
             "distributed": cfg.distributed.model_copy(update={"strategy": "single"}),
+            "distill": None,
         }
     )
 
@@ -117,8 +119,8 @@ def _split_batches(built, split: str, run_dir: str):
     from bigtrain.build import eval_batches
     from bigtrain.errors import DataError
 
-    if split == "val":
-        batches = built.trainer.state.val_data
+    if split == "val":  # a language model's whole val split, not its periodic sample
+        batches = built.extras.get("full_val_batches", built.trainer.state.val_data)
     elif split == "test":
         batches = built.test_batches
     else:

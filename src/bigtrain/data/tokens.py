@@ -260,6 +260,29 @@ class TokenWindowSampler:
         self._gen.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
 
 
+def full_split_batches(
+    path: str | Path, dtype: str | np.dtype, block_size: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every token of a split predicted once: consecutive non-overlapping windows.
+
+    The final number of a run (its whole validation split), where ``fixed_eval_batches`` is a
+    cheap, noisier estimate for the periodic evaluations. Windows of ``block_size`` inputs
+    (and the next token as each target) cover tokens ``1 .. n_windows * block_size``; the
+    last partial window is dropped, as is every such full-split evaluation's.
+    """
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    n_windows = (len(tokens) - 1) // block_size
+    if n_windows < 1:
+        raise DataError(
+            f"{path} holds {len(tokens)} tokens, fewer than one window of block_size + 1 = "
+            f"{block_size + 1}; use more text or a smaller block_size"
+        )
+    used = np.asarray(tokens[: n_windows * block_size + 1], dtype=np.int64)
+    x = torch.from_numpy(used[:-1].reshape(n_windows, block_size))
+    y = torch.from_numpy(used[1:].reshape(n_windows, block_size))
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n_windows, batch_size)]
+
+
 def fixed_eval_batches(
     path: str | Path,
     dtype: str | np.dtype,
