@@ -46,9 +46,6 @@ from bigtrain.optim import (
     penalty_params,
 )
 
-# torch.compile costs ~25 s cold (~3 s with inductor's on-disk cache) and saves ~20% of a small
-# GPT's step time (docs/benchmarks.md): "auto" compiles runs of at least this many steps
-COMPILE_AUTO_MIN_STEPS = 5000
 INDUCTOR_CACHE = Path("~/.cache/bigtrain/inductor").expanduser()
 
 
@@ -225,6 +222,16 @@ class Compile(BuildWrapper):
         return model
 
 
+class AutoCompileWhenItPays(BuildWrapper):
+    """``trainer.compile: auto``: start eager, time a few steps, compile when the rest of the
+    run repays compiling (callbacks/auto_compile.py)."""
+
+    def callbacks(self, cfg: RunConfig) -> dict[str, Callback]:
+        from bigtrain.callbacks.auto_compile import AutoCompile
+
+        return {"auto_compile": AutoCompile()}
+
+
 def default_wrappers(cfg: RunConfig, total_steps: int) -> list[BuildWrapper]:
     """The wrappers a recipe asks for, in the order they apply."""
     wrappers: list[BuildWrapper] = []
@@ -253,9 +260,10 @@ def default_wrappers(cfg: RunConfig, total_steps: int) -> list[BuildWrapper]:
     if cfg.regularization.l1 or cfg.regularization.l2:
         wrappers.append(Penalty())
     tr = cfg.trainer
-    auto_compile = tr.compile == "auto" and total_steps >= COMPILE_AUTO_MIN_STEPS
-    if tr.compile is True or (auto_compile and cfg.privacy is None):  # Opacus' hooks: eager
+    if tr.compile is True:
         wrappers.append(Compile())
+    elif tr.compile == "auto" and cfg.privacy is None:  # Opacus' hooks: eager
+        wrappers.append(AutoCompileWhenItPays())
     if cfg.privacy is not None:
         from bigtrain.build.privacy import Privacy
 
