@@ -318,6 +318,9 @@ class Run:
         privacy = self.components.callbacks.get("privacy")
         if privacy is not None:  # a DP-SGD run: the budget it spent (bigtrain.privacy)
             summary["privacy"] = privacy.summary()
+        pruning = self.components.callbacks.get("prune")
+        if pruning is not None:  # a prune: section: the sparsity reached (bigtrain.compress)
+            summary["pruning"] = pruning.summary()
         notes = self.notes()
         if notes:
             summary["notes"] = notes

@@ -34,6 +34,7 @@ _COPIED = ("config.yaml", "tokenizer.json", "vocab.json", "meta.json")
 #: changes the model's structure (never its values) so that the variant's weights fit it
 RESTORERS: dict[str, str] = {
     "prune_structured": "bigtrain.compress.prune:restore_structure",
+    "prune_masks": "bigtrain.compress.prune:restore_masks",
     "quantize_dynamic": "bigtrain.compress.quantize:restore_quantized",
     "quantize_static": "bigtrain.compress.quantize:restore_quantized",
 }
@@ -81,11 +82,14 @@ def save_variant_run(
     summary: dict[str, Any] | None = None,
     overwrite: bool = False,
     state: dict[str, torch.Tensor] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a variant run folder ``out_dir`` of ``source_run``, atomically.
 
     ``state`` replaces ``model.state_dict()`` for models whose state holds more than plain
-    tensors (quantized modules pack theirs). ``steps`` extends the source's own steps (a pruned run quantized later keeps both). The
+    tensors (quantized modules pack theirs). ``config`` (a recipe mapping) is written as the
+    variant's config.yaml instead of the source's (a merged LoRA run drops its lora section).
+    ``steps`` extends the source's own steps (a pruned run quantized later keeps both). The
     folder appears complete or not at all; an existing non-empty ``out_dir`` is refused unless
     ``overwrite``, and the source run is never written to.
     """
@@ -100,6 +104,10 @@ def save_variant_run(
         for name in _COPIED:
             if (source / name).is_file():
                 shutil.copy2(source / name, tmp / name)
+        if config is not None:
+            import yaml
+
+            atomic_write_text(tmp / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         best = tmp / "checkpoints" / "best"
         best.mkdir(parents=True)
         if state is None:

@@ -40,10 +40,12 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # n_head * head_dim is the attention's inner width: n_embd until heads are pruned away
         self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.head_dim = cfg.n_embd // cfg.n_head
         if cfg.qk_norm:  # one gain per head dimension, shared by the heads
-            self.q_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-6)
-            self.k_norm = nn.RMSNorm(cfg.n_embd // cfg.n_head, eps=1e-6)
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6)
         self.qk_norm = cfg.qk_norm
 
     def forward(
@@ -56,9 +58,9 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
@@ -68,9 +70,10 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             end = start + T
-            kv[0][:, :, start:end] = k
-            kv[1][:, :, start:end] = v
-            k, v = kv[0][:, :, :end], kv[1][:, :, :end]  # (B, nh, end, hd) cached prefix
+            nh = self.n_head  # the cache has the config's heads; a pruned layer uses fewer
+            kv[0][:, :nh, start:end] = k
+            kv[1][:, :nh, start:end] = v
+            k, v = kv[0][:, :nh, :end], kv[1][:, :nh, :end]  # (B, nh, end, hd) cached prefix
             if start == 0:  # prefill: plain causal attention
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             elif T == 1:  # decode: the new token sees every cached position
@@ -78,7 +81,7 @@ class CausalSelfAttention(nn.Module):
             else:  # a chunk after a prefix: query i sees keys up to start + i
                 mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 

@@ -320,9 +320,9 @@ def render_html(run: RunData) -> str:
 
     # sections of features that leave files in the run folder (each returns "" when absent);
     # imported here because they build on this module's helpers
-    from . import explain, privacy, trust
+    from . import explain, privacy, pruning, trust
 
-    for section in (trust.section, explain.section, privacy.section):
+    for section in (trust.section, explain.section, privacy.section, pruning.section):
         parts.append(section(run))
 
     parts.append('<h2 id="config">Config</h2>')
