@@ -39,7 +39,7 @@ class LanguageModelTask(Task):
         x, y = batch
         out = model(x, y)
         loss = out.loss if model.training else out.cross_entropy
-        step = StepOutput(loss, y.numel())
+        step = StepOutput(loss, y.numel(), logits=out.logits)  # for distillation
         if out.aux_loss is not None:
             step.extras["aux_loss"] = out.aux_loss.detach()
             if model.training:
