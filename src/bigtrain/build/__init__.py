@@ -37,7 +37,7 @@ from bigtrain.build.text import (
 from bigtrain.config.schema import RunConfig
 from bigtrain.core.strategy import Strategy
 from bigtrain.data.ratings_config import RatingsDataConfig
-from bigtrain.data.text_config import TextDataConfig
+from bigtrain.data.text_config import TEXT_CLASSIFICATION_NAMES, TextDataConfig
 from bigtrain.errors import ConfigError
 
 Builder = Callable[..., Components]
@@ -56,7 +56,8 @@ def data_kind(cfg: RunConfig) -> str:
     if isinstance(cfg.data, RatingsDataConfig):
         return "ratings"
     if isinstance(cfg.data, TextDataConfig):
-        return "text_classification" if cfg.data.name == "shakespeare_genre" else "language_model"
+        classifies = cfg.data.name in TEXT_CLASSIFICATION_NAMES
+        return "text_classification" if classifies else "language_model"
     return "tabular"
 
 

