@@ -165,7 +165,9 @@ class RunConfig(_Strict):
     privacy: PrivacyConfig | None = None  # DP-SGD through Opacus (docs/privacy.md)
     finetune: FinetuneConfig | None = None  # freezing, unfreezing, per-group LRs (docs/transfer.md)
     lora: LoraConfig | None = None  # low-rank adapters through peft (docs/transfer.md)
-    distill: DistillConfig | None = None  # learn from a teacher's soft targets (docs/compression.md)
+    distill: DistillConfig | None = (
+        None  # learn from a teacher's soft targets (docs/compression.md)
+    )
     prune: PruneConfig | None = None  # magnitude pruning during training (docs/compression.md)
     quantize: QuantizeConfig | None = None  # quantization-aware training (docs/compression.md)
     trainer: TrainerConfig
