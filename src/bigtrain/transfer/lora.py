@@ -46,13 +46,13 @@ class LoraShare(NamedTuple):
 
 
 @contextlib.contextmanager
-def quiet_torchao() -> Iterator[None]:
-    """Silence torchao's import-time warnings meanwhile.
+def quiet_torchao(*also: str) -> Iterator[None]:
+    """Silence torchao's import-time warnings meanwhile (and the loggers named in ``also``).
 
     peft and transformers import torchao (now or lazily later) when it is installed, which logs
     warnings about optional CUDA kernels; they say nothing about the run.
     """
-    noisy = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    noisy = [logging.getLogger(n) for n in (*also, "torchao", "torch.utils._pytree")]
     levels = [lg.level for lg in noisy]
     try:
         for lg in noisy:

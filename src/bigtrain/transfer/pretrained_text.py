@@ -12,11 +12,8 @@ classifies the pooled vector. Its tokenizer is ``data.tokenizer: minilm`` (ids w
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -78,18 +75,11 @@ def model_folder() -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet():
     """Silence transformers' load report (the unused pooler weights) and torchao's warnings."""
-    noisy = [logging.getLogger(n) for n in ("transformers", "torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in noisy]
-    try:
-        for lg in noisy:
-            lg.setLevel(logging.ERROR)
-        yield
-    finally:
-        for lg, level in zip(noisy, levels, strict=True):
-            lg.setLevel(level)
+    from bigtrain.transfer.lora import quiet_torchao
+
+    return quiet_torchao("transformers")
 
 
 def _repair_init_functions() -> None:
