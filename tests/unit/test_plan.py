@@ -13,6 +13,7 @@ from bigtrain.build.describe import describe_run
 from bigtrain.cli.main import main
 from bigtrain.config import load_recipe
 from bigtrain.config.loader import recipe_names
+from bigtrain.data.config import DataConfig
 from bigtrain.data.describe import describe_table
 from bigtrain.data.split import load_data
 from bigtrain.errors import DataError
@@ -24,7 +25,11 @@ from bigtrain.plan.hardware import get_hardware
 from bigtrain.plan.memory import OPTIMIZER_STATES, optimizer_state_bytes, plan_memory
 from bigtrain.plan.planner import Settings, make_plan, non_embedding_parameters
 
-TABULAR = [r for r in recipe_names() if not r.startswith(("shakespeare", "fashion", "movielens"))]
+TABULAR = [
+    r for r in recipe_names()
+    if not r.startswith(("shakespeare", "fashion", "movielens"))
+    and isinstance(load_recipe(r).data, DataConfig)  # not text or ratings data
+]  # fmt: skip
 # one recipe per model family and feature in the default suite, every recipe under -m slow
 CORE = {"digits-mlp", "digits-cnn", "linear-regression-gd", "shakespeare-char", "shakespeare-moe",
         "shakespeare-shared", "shakespeare-lstm", "shakespeare-genre"}  # fmt: skip

@@ -143,8 +143,16 @@ def describe_run(cfg: RunConfig) -> DescribedRun:
             "planning does not take ratings data yet (recommenders); train with "
             "`bigtrain train` and see docs/recommenders.md for table sizes"
         )
-    if cfg.data.name == "shakespeare_genre":
+    from bigtrain.data.text_config import TEXT_CLASSIFICATION_NAMES
+
+    if cfg.data.name == "shakespeare_genre" and cfg.model.name in ("encoder", "rnn_classifier"):
         return _describe_genre(cfg, common)
+    if cfg.data.name in TEXT_CLASSIFICATION_NAMES:
+        raise ConfigError(
+            f"planning does not take '{cfg.data.name}' with model '{cfg.model.name}' yet (only "
+            "shakespeare_genre with encoder or rnn_classifier); train it and read the run's "
+            "summary for sizes"
+        )
     if cfg.model.name not in LANGUAGE_MODELS:
         raise ConfigError(
             f"model '{cfg.model.name}' is not a language model; use {LANGUAGE_MODELS}"
