@@ -89,6 +89,9 @@ def build_network(num_classes: int, image_size: int, dropout: float, drop_connec
     )  # fmt: skip
 
 
+SCRATCH_BN_MOMENTUM = 0.1  # torch's default
+
+
 class EfficientNetLite0(nn.Module):
     """``forward(x (B, C, H, W)) -> logits (B, num_classes)``; C is 1 (repeated) or 3.
 
@@ -106,6 +109,13 @@ class EfficientNetLite0(nn.Module):
         self.net = build_network(
             num_classes, config.image_size, config.dropout, config.drop_connect
         )
+        if not config.pretrained:
+            # the TF port's BatchNorm momentum (0.01) suits fine-tuning ImageNet statistics; from
+            # random init it leaves the running statistics far from the data's for thousands of
+            # steps (measured: train loss 0.97 but eval-mode accuracy at chance after 150 steps)
+            for m in self.net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = SCRATCH_BN_MOMENTUM
         if config.pretrained and torch.empty(0).device.type != "meta":  # meta: shapes only
             state = {k: v for k, v in imagenet_state_dict().items() if not k.startswith("_fc.")}
             missing, unexpected = self.net.load_state_dict(state, strict=False)
