@@ -105,7 +105,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for g in groups:  # the loop sets lr = schedule * lr_scale before each step
             g.setdefault("lr", lr * g.get("lr_scale", 1.0))
         self.muon = torch.optim.Muon(
-            muon or [], lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov
+            muon, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov
         ) if muon else None  # fmt: skip
         self.adam = torch.optim.AdamW(
             adam, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps,
