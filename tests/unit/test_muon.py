@@ -6,14 +6,16 @@ import copy
 import torch
 from torch import nn
 
+import bigtrain.optim.muon as muon_module
 from bigtrain.optim import OptimConfig, build_optimizer
-from bigtrain.optim.muon import muon_param_groups
+from bigtrain.optim.muon import Fp32Muon, muon_param_groups
 
 
-def reference_zeropower(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """zeropower_via_newtonschulz5 from github.com/KellerJordan/Muon (muon.py), as published."""
+def reference_zeropower(g: torch.Tensor, steps: int = 5, dtype=torch.bfloat16) -> torch.Tensor:
+    """zeropower_via_newtonschulz5 from github.com/KellerJordan/Muon (muon.py), as published
+    (``dtype`` is bf16 there)."""
     a, b, c = (3.4445, -4.7750, 2.0315)
-    x = g.bfloat16()
+    x = g.to(dtype)
     if g.size(-2) > g.size(-1):
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
@@ -125,3 +127,37 @@ def test_state_round_trip_continues_bitwise():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_fp32_muon_is_the_published_update_in_fp32_and_bf16_muon_agrees():
+    """Fp32Muon (for CPUs that emulate bf16) against Keller's update run in fp32, to fp32
+    rounding; and against torch.optim.Muon's bf16 iteration, up to bf16 rounding."""
+    torch.manual_seed(0)
+    w0 = torch.randn(48, 24)
+    grads = [torch.randn(48, 24) for _ in range(3)]
+    results = {}
+    for name, cls in (("fp32", Fp32Muon), ("bf16", torch.optim.Muon)):
+        w = nn.Parameter(w0.clone())
+        opt = cls([w], lr=0.02, weight_decay=0.1)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        results[name] = w.detach()
+    ref, buf = w0.clone(), torch.zeros_like(w0)
+    for g in grads:
+        buf.lerp_(g, 0.05)
+        update = reference_zeropower(g.lerp(buf, 0.95), dtype=torch.float32)
+        ref.mul_(1 - 0.02 * 0.1)
+        ref.add_(update * max(1, 48 / 24) ** 0.5, alpha=-0.02)
+    assert torch.allclose(results["fp32"], ref, atol=1e-5), (results["fp32"] - ref).abs().max()
+    moved = lambda w: (w - w0).flatten()  # noqa: E731
+    cos = nn.functional.cosine_similarity(moved(results["fp32"]), moved(results["bf16"]), dim=0)
+    assert cos > 0.99, cos
+
+
+def test_the_muon_half_iterates_in_fp32_only_where_bf16_is_emulated(monkeypatch):
+    model = _model()
+    for native, cls in ((True, torch.optim.Muon), (False, Fp32Muon)):
+        monkeypatch.setattr(muon_module, "native_bf16", lambda device, native=native: native)
+        opt = build_optimizer(model, OptimConfig(name="muon", lr=0.02, weight_decay=0.1))
+        assert type(opt.muon) is cls

@@ -32,6 +32,7 @@ from bigtrain.callbacks import (
 from bigtrain.callbacks.noise_scale import check_setup
 from bigtrain.config.schema import ModelSpec, RunConfig
 from bigtrain.core.callback import Callback
+from bigtrain.core.hardware import native_bf16
 from bigtrain.core.loop import Trainer, planned_steps
 from bigtrain.core.state import BatchSource
 from bigtrain.core.strategy import SingleDevice, Strategy
@@ -56,17 +57,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def resolve_precision(name: str, device: str) -> str:
     """``auto`` is bf16 autocast where the hardware computes bf16 natively, fp32 elsewhere.
 
@@ -75,9 +65,7 @@ def resolve_precision(name: str, device: str) -> str:
     """
     if name != "auto":
         return name
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_flags() & {"avx512_bf16", "amx_bf16"} else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def resolve_device(name: str) -> str:

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     inner = p.add_subparsers(dest="compress_command", metavar="SUBCOMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"bigtrain.cli.{name}").add_parser(inner)
+
     def show_help(args: argparse.Namespace) -> int:  # `bigtrain compress` without a subcommand
         p.print_help()
         return 0

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torchmetrics
 
 from bigtrain.errors import ConfigError
 
@@ -25,6 +24,8 @@ def per_class_table(
     Raises:
         ConfigError: a regression run, or ``class_names`` of the wrong length.
     """
+    import torchmetrics  # here, not at module level: it takes ~4 s to import
+
     if outputs.kind not in ("multiclass", "binary"):
         raise ConfigError(f"a per-class table applies to classifiers; this is a {outputs.kind} run")
     if outputs.kind == "multiclass":

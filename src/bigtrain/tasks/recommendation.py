@@ -16,8 +16,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
-import torchmetrics.retrieval as retrieval
 from torch import nn
 
 from bigtrain.core.task import StepOutput, Task
@@ -83,6 +81,9 @@ class _RecommenderTask(Task):
     # ------------------------------------------------------------------ metrics
     def _available(self) -> dict[str, tuple[Any, str]]:
         """metric name -> (factory, which outputs it reads)."""
+        import torchmetrics  # here, not at module level: it takes ~4 s to import
+        import torchmetrics.retrieval as retrieval
+
         k = self.k
         made: dict[str, tuple[Any, str]] = {}
         if self.rating_metrics:
@@ -100,6 +101,8 @@ class _RecommenderTask(Task):
         return made
 
     def metrics(self, light: bool = False):
+        import torchmetrics
+
         available = self._available()
         names = self.metric_names
         if names is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from torch import nn
 
 from bigtrain.core.task import StepOutput, Task
@@ -23,6 +22,8 @@ def _collection(
     light: bool = False,
     monitor: str = "",
 ):
+    import torchmetrics  # imported here: it takes ~4 s (it loads transformers, scipy, matplotlib)
+
     if names is None:
         names = [n for n in defaults if n in _LIGHT or n == monitor] if light else defaults
     chosen = {}
@@ -59,6 +60,8 @@ class ClassificationTask(Task):
         return StepOutput(loss, y.shape[0], logits.detach(), y, logits=logits)
 
     def metrics(self, light: bool = False):
+        import torchmetrics
+
         c = self.num_classes
         available = {
             "accuracy": lambda: torchmetrics.Accuracy("multiclass", num_classes=c),
@@ -117,6 +120,8 @@ class BinaryClassificationTask(Task):
         return StepOutput(loss, y.shape[0], torch.sigmoid(logits.detach()), y, logits=logits)
 
     def metrics(self, light: bool = False):
+        import torchmetrics
+
         available = {
             "accuracy": lambda: torchmetrics.Accuracy("binary"),
             "f1": lambda: torchmetrics.F1Score("binary"),
@@ -169,6 +174,8 @@ class RegressionTask(Task):
         return StepOutput(self.loss_fn(pred, y), y.shape[0], pred.detach(), y, logits=pred)
 
     def metrics(self, light: bool = False):
+        import torchmetrics
+
         available = {
             "mse": torchmetrics.MeanSquaredError,
             "mae": torchmetrics.MeanAbsoluteError,
