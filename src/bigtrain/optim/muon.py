@@ -108,6 +108,14 @@ def newton_schulz(
     return x if g.ndim == 3 else x.squeeze(0)
 
 
+def _loss_of(closure) -> Any:
+    """The optimizer-closure convention: re-evaluate the loss with gradients on, if asked."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Fp32Muon(torch.optim.Muon):
     """``torch.optim.Muon`` with the Newton-Schulz iteration in fp32 (for hardware without native
     bf16); the momentum, Nesterov, LR adjustment and weight decay are torch's, line for line.
@@ -120,10 +128,7 @@ class Fp32Muon(torch.optim.Muon):
     def step(self, closure=None):  # type: ignore[override]
         from torch.optim._muon import _adjust_lr  # torch's own LR scaling, not a copy
 
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _loss_of(closure)
         for group in self.param_groups:
             params: list[torch.Tensor] = []
             grads: list[torch.Tensor] = []
@@ -189,10 +194,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _loss_of(closure)
         for part in self._parts:
             part.step()
         return loss
